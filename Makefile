@@ -1,0 +1,32 @@
+# `make demo` and `make test` set everything up on a fresh machine (Python 3.11 or 3.12).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEMO_DATA := data/demo
+DEMO_WORKDIR := workdirs/demo
+
+.PHONY: demo test data clean
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(DEMO_DATA)/COMPLETE: $(VENV)/.installed
+	rm -rf $(DEMO_DATA)
+	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m input_pipeline.demo_data --out=$(DEMO_DATA)
+
+data: $(DEMO_DATA)/COMPLETE
+
+demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
+	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py $(ARGS)
+	@echo
+	@echo "Demo finished. TensorBoard events and metrics.jsonl: $(DEMO_WORKDIR)"
+	@echo "Checkpoints: $(DEMO_WORKDIR)/checkpoints   (make demo again resumes; rm -r $(DEMO_WORKDIR) to start over)"
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+clean:
+	rm -rf $(DEMO_WORKDIR) $(DEMO_DATA)

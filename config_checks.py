@@ -1,0 +1,40 @@
+"""Start-up checks of a run config: each failure names the field and what was expected."""
+
+import masking
+from input_pipeline import zeroshot
+
+
+def _require(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def check(config):
+  img = config.model.model_img
+  masking.grid_of(config)  # image_size must be a multiple of the patch size
+  masking.get_policy(config, train=True)  # known policy, feasible mask_ratio
+  _require(config.batch_size > 0, f'config.batch_size={config.batch_size}: must be positive')
+  _require(config.eval_batch_size > 0,
+           f'config.eval_batch_size={config.eval_batch_size}: must be positive')
+  for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'total_steps'):
+    _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0 turns it off)')
+  _require(config.keep_checkpoints >= 1,
+           f'config.keep_checkpoints={config.keep_checkpoints}: must be >= 1')
+  _require(config.total_steps > 0 or config.num_epochs > 0,
+           'config.num_epochs must be positive when config.total_steps is 0')
+  _require(config.samples_per_epoch > 0,
+           f'config.samples_per_epoch={config.samples_per_epoch}: must be positive')
+  lo, hi = config.aug.area_range
+  _require(0 < lo <= hi <= 1, f'config.aug.area_range={tuple(config.aug.area_range)}: expected '
+           '0 < low <= high <= 1')
+  _require(config.aug.txt.max_len >= 3,
+           f'config.aug.txt.max_len={config.aug.txt.max_len}: must be at least 3')
+  for tower, cfg in (('model_img', img), ('model_txt', config.model.model_txt)):
+    heads, width = cfg.transformer.num_heads, cfg.hidden_size
+    _require(width % heads == 0, f'config.model.{tower}.hidden_size={width} does not divide '
+             f'into config.model.{tower}.transformer.num_heads={heads}')
+  _require(not img.sincos or img.hidden_size % 4 == 0,
+           f'config.model.model_img.hidden_size={img.hidden_size}: the sin-cos position '
+           'embedding needs a multiple of 4')
+  if config.eval_dataset:
+    zeroshot.templates(config.eval_templates)

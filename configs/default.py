@@ -1,0 +1,162 @@
+"""Every configuration field, documented once.
+
+Recipes (`flip_base16.py`, `tiny.py`, ...) call `get_config()` and change fields. Field names
+follow FLIP's JAX release so that its command lines keep working. Any field can be overridden
+on the command line, e.g. `--config.batch_size=256 --config.model.model_img.mask_ratio=0.0`.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # --- Data ---------------------------------------------------------------
+  # Training pairs: a directory, a glob or a comma-separated list of files made by img2dataset,
+  # either TFRecord shards (features `jpg`, `txt`, `key`) or webdataset `.tar` shards
+  # (`KEY.jpg` + `KEY.txt` [+ `KEY.json`]). The format is chosen by what the path holds.
+  config.laion_path = ''
+  # Zero-shot evaluation set: a TFDS name (`imagenet2012`, split `eval_split`, read from
+  # $TFDS_DATA_DIR) or `folder:PATH` with one sub-folder of images per class. Empty: no eval.
+  config.eval_dataset = 'imagenet2012'
+  config.eval_split = 'validation'
+  # Class names for `eval_dataset`: empty takes them from the data (folder names with `_` read
+  # as spaces; TFDS label names), `imagenet` takes the curated CLIP ImageNet names, any other
+  # value is a JSON file holding a list of names in label order.
+  config.eval_classnames = ''
+  # Prompt templates averaged into each class embedding: `short7` or `openai80`.
+  config.eval_templates = 'short7'
+  config.eval_batch_size = 256
+  # Evaluate on at most this many images (0: all of them).
+  config.eval_max_images = 0
+  # Images per "virtual" epoch: epochs are counted in ImageNet-sized units, as in FLIP.
+  config.samples_per_epoch = 1281167
+  config.image_size = 224
+  config.shuffle_buffer = 10_000
+  # tf.data's parallel reads of shard files.
+  config.num_parallel_reads = 16
+
+  # --- Schedule -----------------------------------------------------------
+  config.batch_size = 32768  # global batch over all hosts and devices (FLIP's 32k)
+  config.learning_rate = 4e-6  # peak learning rate per 256 examples (scaled by batch_size/256)
+  config.warmup_epochs = 20.0
+  config.num_epochs = 10000.0
+  config.min_abs_lr = 0.0  # learning rate at the end of the cosine decay
+  config.warmup_abs_lr = 0.0  # learning rate at step 0
+  config.total_steps = 0  # > 0: train exactly this many steps, overriding num_epochs
+
+  # --- Optimiser (AdamW) --------------------------------------------------
+  config.opt_type = 'adamw'
+  config.opt = ml_collections.ConfigDict()
+  config.opt.b1 = 0.9
+  config.opt.b2 = 0.95
+  config.opt.weight_decay = 0.2
+  # Clip the global gradient norm to this value (0: no clipping, as FLIP).
+  config.opt.clip_grad_norm = 0.0
+  # Leave biases, norms, position embeddings, the class token and logit_scale out of decay.
+  config.exclude_wd = True
+
+  # --- Augmentation and tokenization --------------------------------------
+  config.aug = ml_collections.ConfigDict()
+  config.aug.area_range = (0.5, 1.0)  # RandomResizedCrop area fraction
+  config.aug.aspect_ratio_range = (3.0 / 4.0, 4.0 / 3.0)
+  config.aug.flip = True  # random horizontal flip
+  config.aug.txt = ml_collections.ConfigDict()
+  config.aug.txt.tokenizer = 'tf_bert'  # BERT uncased WordPiece, in the tf.data graph
+  config.aug.txt.max_len = 32
+  # Prepend [CLS] and append [SEP], so that first-token pooling reads a dedicated token.
+  config.aug.txt.cls_token = True
+
+  # --- Run control --------------------------------------------------------
+  config.seed = 0
+  config.log_every_steps = 50
+  config.eval_every_steps = 0  # 0: only at the end (if eval_at_end)
+  config.checkpoint_every_steps = 1000  # 0: only at the end (if save_at_end)
+  config.eval_at_end = True
+  config.save_at_end = True
+  config.keep_checkpoints = 3  # the newest N checkpoints are kept
+  config.eval_only = False  # load pretrain_dir (or the workdir's latest checkpoint), evaluate, exit
+  # A checkpoint directory (a step folder or a CheckpointManager directory, newest step taken)
+  # whose weights initialise the model; the optimiser state is not loaded.
+  config.pretrain_dir = config_dict.placeholder(str)
+  # Resume from another run's checkpoints instead of the workdir's own.
+  config.resume_dir = config_dict.placeholder(str)
+
+  # --- Partitioning -------------------------------------------------------
+  config.partitioning = ml_collections.ConfigDict()
+  config.partitioning.num_partitions = 1  # size of the `model` mesh axis
+
+  # --- Model (FLIP's recipe: ViT-L/16 image tower, 12-layer text tower) ---
+  config.model = ml_collections.ConfigDict()
+  config.model.model_img = get_config_img()
+  config.model.model_txt = get_config_txt()
+  config.model.clr = ml_collections.ConfigDict()
+  config.model.clr.proj_dim_out = 768  # shared embedding width
+  config.model.clr.tau = 0.07  # initial temperature: logit_scale starts at log(1 / tau)
+  config.model.clr.tau_learnable = True
+  config.model.clr.max_logit_scale = 100.0  # logit_scale is clipped at log(this)
+  # Computation dtype of both towers; parameters always stay float32.
+  config.model.dtype = 'float32'  # or 'bfloat16'
+  return set_size(config, 'L/16')
+
+
+def get_config_img():
+  config = ml_collections.ConfigDict()
+  # Fraction of patches dropped in training: K = max(1, floor(N * (1 - mask_ratio))) kept.
+  config.mask_ratio = 0.5
+  # Position embedding: fixed 2-D sin-cos (True, FLIP) or learned (False).
+  config.sincos = True
+  # Tower widths and depths: see SIZES and set_size below.
+  config.patches = ml_collections.ConfigDict({'size': (16, 16)})
+  config.hidden_size = 0
+  config.transformer = ml_collections.ConfigDict()
+  config.transformer.mlp_dim = 0
+  config.transformer.num_heads = 0
+  config.transformer.num_layers = 0
+  config.transformer.remat_policy = 'none'  # none | minimal | full
+  config.masking = ml_collections.ConfigDict()
+  # Which patches are kept: none | random (FLIP).
+  config.masking.policy = 'random'
+  # Mask at evaluation too ("masked inference"); by default evaluation sees every patch.
+  config.masking.at_eval = False
+  return config
+
+
+def get_config_txt():
+  config = ml_collections.ConfigDict()
+  config.vocab_size = 30523  # BERT's 30,522 WordPieces + 1 out-of-vocabulary id
+  config.hidden_size = 0
+  config.transformer = ml_collections.ConfigDict()
+  config.transformer.mlp_dim = 0
+  config.transformer.num_heads = 0
+  config.transformer.num_layers = 0
+  config.transformer.remat_policy = 'none'
+  return config
+
+
+# Tower sizes: image (width, layers, heads), text (width, layers, heads), embedding width,
+# patch side. B/16, L/16 and H/14 are FLIP's; tiny trains on one CPU in minutes.
+SIZES = {
+    'tiny': dict(img=(128, 4, 4), txt=(128, 4, 4), embed=128, patch=8),
+    'B/16': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=16),
+    'L/16': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=16),
+    'H/14': dict(img=(1280, 32, 16), txt=(1024, 24, 16), embed=1024, patch=14),
+}
+
+
+def set_size(config, name: str):
+  """Sets both towers and the embedding width to a named size from SIZES."""
+  if name not in SIZES:
+    raise ValueError(f'unknown model size {name!r}; expected one of {sorted(SIZES)}')
+  size = SIZES[name]
+  for tower, (width, layers, heads) in (('model_img', size['img']),
+                                        ('model_txt', size['txt'])):
+    cfg = config.model[tower]
+    cfg.hidden_size = width
+    cfg.transformer.num_layers = layers
+    cfg.transformer.num_heads = heads
+    cfg.transformer.mlp_dim = 4 * width
+  config.model.model_img.patches.size = (size['patch'], size['patch'])
+  config.model.clr.proj_dim_out = size['embed']
+  return config

@@ -1,0 +1,30 @@
+"""The demo: a tiny CLIP on the embedded dataset with 50% random masking, on one CPU.
+
+  python -m input_pipeline.demo_data --out=data/demo
+  python main.py --workdir=workdirs/tiny --config=configs/tiny.py
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  default.set_size(config, 'tiny')
+  config.laion_path = 'data/demo/train'
+  config.eval_dataset = 'folder:data/demo/zeroshot'
+  config.samples_per_epoch = 20000  # the demo set's size
+  config.image_size = 64  # 8 x 8 patches of 8 pixels
+  config.batch_size = 128
+  config.eval_batch_size = 128
+  config.shuffle_buffer = 2000
+  config.learning_rate = 2e-3  # per 256 examples: 1e-3 at batch 128
+  config.warmup_epochs = 0.5
+  config.num_epochs = 4.0
+  config.opt.weight_decay = 0.05
+  config.aug.area_range = (0.7, 1.0)
+  config.log_every_steps = 25
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  config.model.model_img.mask_ratio = 0.5
+  config.model.model_img.masking.policy = 'random'
+  return config

@@ -1,0 +1,163 @@
+"""Training image-caption pairs from img2dataset shards: TFRecord or webdataset `.tar`.
+
+Each host reads its own slice of the shard files. Records whose image or text cannot be
+decoded are dropped and counted: every batch carries, per example, how many records were
+skipped just before it in the stream, so that the sum over batches is the exact total.
+"""
+
+import dataclasses
+import posixpath
+import tarfile
+from typing import List
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+
+from input_pipeline import augment
+
+TFRECORD = 'tfrecord'
+WEBDATASET = 'webdataset'
+IMAGE_EXTENSIONS = ('jpg', 'jpeg', 'png', 'webp')
+
+
+@dataclasses.dataclass(frozen=True)
+class Shards:
+  format: str
+  files: List[str]
+
+
+def _format_of(path: str):
+  if path.endswith('.tar'):
+    return WEBDATASET
+  if '.tfrecord' in posixpath.basename(path) or path.endswith('.tfrec'):
+    return TFRECORD
+  return None
+
+
+def list_shards(path: str) -> Shards:
+  """Shard files behind `path`: a directory, a glob, or a comma-separated list of those."""
+  if not path:
+    raise ValueError('config.laion_path is empty: point it at a directory or glob of '
+                     'img2dataset TFRecord (*.tfrecord) or webdataset (*.tar) shards')
+  files = []
+  for part in path.split(','):
+    if tf.io.gfile.isdir(part):
+      found = [posixpath.join(part, name) for name in tf.io.gfile.listdir(part)]
+    else:
+      found = tf.io.gfile.glob(part)
+      if not found:
+        raise FileNotFoundError(f'config.laion_path={path!r}: nothing matches {part!r}')
+    files += sorted(f for f in found if _format_of(f))
+  formats = {_format_of(f) for f in files}
+  if not files:
+    raise FileNotFoundError(f'config.laion_path={path!r} holds no TFRecord (*.tfrecord) or '
+                            'webdataset (*.tar) shards')
+  if len(formats) > 1:
+    raise ValueError(f'config.laion_path={path!r} mixes TFRecord and webdataset shards; '
+                     'point it at one kind')
+  return Shards(formats.pop(), files)
+
+
+def host_files(files: List[str], process_index: int, process_count: int) -> List[str]:
+  if len(files) < process_count:
+    raise ValueError(f'{len(files)} shard files cannot be split over {process_count} hosts: '
+                     'each host reads whole files, so write at least one shard per host')
+  return files[process_index::process_count]
+
+
+def _tar_samples(path):
+  """Yields (image bytes, caption bytes) per webdataset sample; b'' marks a broken sample."""
+  path = path.decode() if isinstance(path, bytes) else path
+  key, fields = None, {}
+
+  def finish():
+    image = next((fields[e] for e in IMAGE_EXTENSIONS if e in fields), b'')
+    return image, fields.get('txt', b'')
+
+  try:
+    with tf.io.gfile.GFile(path, 'rb') as f, tarfile.open(fileobj=f, mode='r|*') as tar:
+      for member in tar:
+        if not member.isfile():
+          continue
+        directory, name = posixpath.split(member.name)
+        stem, _, extension = name.partition('.')
+        member_key = posixpath.join(directory, stem)
+        if member_key != key:
+          if key is not None:
+            yield finish()
+          key, fields = member_key, {}
+        fields[extension.lower()] = tar.extractfile(member).read()
+    if key is not None:
+      yield finish()
+  except (tarfile.TarError, OSError, EOFError) as e:
+    logging.warning('webdataset shard %s is damaged, skipping the rest of it: %s', path, e)
+    yield b'', b''  # counted as one skipped record
+
+
+def _read_file(shard_format):
+  if shard_format == TFRECORD:
+    def read(path):
+      compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
+      records = tf.data.TFRecordDataset(path, compression_type=compression)
+      # A truncated file ends its own stream instead of the whole run.
+      return records.ignore_errors(log_warning=True).map(lambda r: {'record': r})
+  else:
+    def read(path):
+      return tf.data.Dataset.from_generator(
+          _tar_samples, args=(path,),
+          output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))
+      ).map(lambda image, text: {'jpg': image, 'txt': text})
+  return read
+
+
+def _parse_tfrecord(record):
+  features = tf.io.parse_single_example(record, {
+      'jpg': tf.io.FixedLenFeature([], tf.string, default_value=''),
+      'txt': tf.io.FixedLenFeature([], tf.string, default_value=''),
+  })
+  return features['jpg'], features['txt']
+
+
+def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
+                  process_count: int = 1, seed: int = 0) -> tf.data.Dataset:
+  """Endless host-local batches {'image', 'tokens', 'skipped'} of batch_size / process_count."""
+  if config.batch_size % process_count:
+    raise ValueError(f'config.batch_size={config.batch_size} does not divide over '
+                     f'{process_count} hosts')
+  local_batch = config.batch_size // process_count
+  files = host_files(shards.files, process_index, process_count)
+  aug = config.aug
+
+  def decode(index, example):
+    if shards.format == TFRECORD:
+      image_bytes, text = _parse_tfrecord(example['record'])
+    else:
+      image_bytes, text = example['jpg'], example['txt']
+    example_seed = tf.stack([tf.constant(seed, tf.int64), index])
+    image = augment.train_image(image_bytes, config.image_size, example_seed,
+                                tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip)
+    return {'index': index, 'image': image, 'tokens': tokenizer(text)}
+
+  def count_skipped(expected_index, example):
+    skipped = example.pop('index') - expected_index
+    return expected_index + skipped + 1, dict(example, skipped=tf.cast(skipped, tf.int32))
+
+  ds = tf.data.Dataset.from_tensor_slices(files)
+  ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+  ds = ds.interleave(_read_file(shards.format), cycle_length=min(config.num_parallel_reads,
+                                                                 len(files)),
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+  ds = ds.shuffle(config.shuffle_buffer, seed=seed)
+  ds = ds.enumerate()
+  # Order-preserving map, so that the gaps ignore_errors leaves in `index` are the skips.
+  ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.ignore_errors()
+  ds = ds.scan(tf.constant(0, tf.int64), count_skipped)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def host_seed(seed: int, start_step: int, process_index: int) -> int:
+  """A data seed that differs per host and per resumption, so no stream is replayed."""
+  return int(np.random.SeedSequence([seed, start_step, process_index]).generate_state(1)[0])

@@ -1,0 +1,43 @@
+"""BERT uncased WordPiece tokenization inside the tf.data graph (FLIP's text tokenizer)."""
+
+import pathlib
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+VOCAB_PATH = pathlib.Path(__file__).parent / 'vocab' / 'bert_base_uncased_vocab.txt'
+PAD_ID = 0
+
+
+class BertTokenizer:
+  """Maps strings to int32 ids [..., max_len]: [CLS] wordpieces [SEP], padded with 0.
+
+  Words outside the 30,522-entry vocabulary map to id 30522, the one out-of-vocabulary bucket.
+  """
+
+  def __init__(self, max_len: int = 32, cls_token: bool = True, vocab_path=VOCAB_PATH):
+    vocab_path = pathlib.Path(vocab_path)
+    if not vocab_path.is_file():
+      raise FileNotFoundError(f'WordPiece vocabulary not found: {vocab_path}')
+    vocab = vocab_path.read_text(encoding='utf-8').splitlines()
+    self.vocab_size = len(vocab) + 1
+    self.max_len = max_len
+    self.cls_token = cls_token
+    self._cls_id, self._sep_id = vocab.index('[CLS]'), vocab.index('[SEP]')
+    self._tokenizer = tf_text.BertTokenizer(str(vocab_path), lower_case=True,
+                                            token_out_type=tf.int32)
+
+  def __call__(self, texts):
+    texts = tf.convert_to_tensor(texts, tf.string)
+    scalar = texts.shape.rank == 0
+    texts = tf.reshape(texts, [-1])
+    ids = self._tokenizer.tokenize(texts).merge_dims(-2, -1)
+    if self.cls_token:
+      ids = ids[:, :self.max_len - 2]
+      rows = tf.shape(texts)[0]
+      ids = tf.concat([tf.fill([rows, 1], self._cls_id), ids,
+                       tf.fill([rows, 1], self._sep_id)], axis=1)
+    else:
+      ids = ids[:, :self.max_len]
+    ids = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
+    return ids[0] if scalar else ids

@@ -1,0 +1,56 @@
+"""Masked language-image pre-training: trains (or evaluates) a CLIP model from a config.
+
+  python main.py --workdir=DIR --config=configs/flip_base16.py --config.laion_path=PATH
+  python main.py --workdir=DIR --config=configs/flip_large16.py --config.pretrain_dir=CKPT \
+      --config.eval_only=True
+"""
+
+import logging as std_logging
+import os
+import sys
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+import tensorflow as tf
+
+import train
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and '
+                    'metrics.jsonl.')
+config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); override any '
+                                'field with --config.FIELD=VALUE.', lock_config=True)
+flags.mark_flags_as_required(['workdir', 'config'])
+
+
+class _QuietCheckpointing(std_logging.Filter):
+  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
+
+  def filter(self, record):
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
+  # TensorFlow only feeds data: keep it off the accelerators that JAX owns.
+  tf.config.set_visible_devices([], 'GPU')
+  tf.config.set_visible_devices([], 'TPU')
+  logging.info('JAX process %d/%d, %d local of %d devices (%s)', jax.process_index(),
+               jax.process_count(), jax.local_device_count(), jax.device_count(),
+               jax.default_backend())
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except train.NonFiniteLossError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  jax.config.config_with_absl()
+  app.run(main)

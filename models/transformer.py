@@ -1,0 +1,113 @@
+"""Pre-LN Transformer encoder shared by the image and text towers.
+
+Kernels carry logical axis names (`embed`, `mlp`, `heads`, `kv`) so that a rules list can
+place them on a device mesh without touching the model.
+"""
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+REMAT_POLICIES = {
+    'none': None,
+    # Save only the weight matmuls' outputs; recompute attention and elementwise ops.
+    'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def logical(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+class Attention(nn.Module):
+  """Multi-head self-attention with optional key padding."""
+  num_heads: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask: Optional[jax.Array] = None):
+    width = x.shape[-1]
+    if width % self.num_heads:
+      raise ValueError(f'hidden size {width} does not divide into {self.num_heads} heads')
+    head_dim = width // self.num_heads
+    init = nn.initializers.xavier_uniform()
+
+    def project(name):
+      return nn.DenseGeneral(
+          (self.num_heads, head_dim), dtype=self.dtype, name=name,
+          kernel_init=logical(init, ('embed', 'heads', 'kv')),
+          bias_init=logical(nn.initializers.zeros, ('heads', 'kv')))(x)
+
+    query, key, value = project('query'), project('key'), project('value')
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+    logits = logits.astype(jnp.float32)
+    if key_mask is not None:
+      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    return nn.DenseGeneral(
+        width, axis=(-2, -1), dtype=self.dtype, name='out',
+        kernel_init=logical(init, ('heads', 'kv', 'embed')),
+        bias_init=logical(nn.initializers.zeros, ('embed',)))(out)
+
+
+class MlpBlock(nn.Module):
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    init = nn.initializers.xavier_uniform()
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype,
+                 kernel_init=logical(init, ('embed', 'mlp')),
+                 bias_init=logical(nn.initializers.normal(1e-6), ('mlp',)))(x)
+    x = nn.gelu(x)
+    return nn.Dense(width, dtype=self.dtype,
+                    kernel_init=logical(init, ('mlp', 'embed')),
+                    bias_init=logical(nn.initializers.normal(1e-6), ('embed',)))(x)
+
+
+def layer_norm(dtype, name=None):
+  return nn.LayerNorm(dtype=dtype, name=name,
+                      scale_init=logical(nn.initializers.ones, ('embed',)),
+                      bias_init=logical(nn.initializers.zeros, ('embed',)))
+
+
+class EncoderBlock(nn.Module):
+  num_heads: int
+  mlp_dim: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask=None):
+    x = x + Attention(self.num_heads, self.dtype, name='attention')(
+        layer_norm(self.dtype, 'norm_attention')(x), key_mask)
+    return x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(
+        layer_norm(self.dtype, 'norm_mlp')(x))
+
+
+class Encoder(nn.Module):
+  """A stack of pre-LN blocks followed by a final LayerNorm."""
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  remat_policy: str = 'none'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, key_mask=None):
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'remat_policy={self.remat_policy!r}: expected one of '
+                       f'{sorted(REMAT_POLICIES)}')
+    block = EncoderBlock
+    if self.remat_policy != 'none':
+      block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy])
+    for i in range(self.num_layers):
+      x = block(self.num_heads, self.mlp_dim, self.dtype, name=f'block_{i:02d}')(x, key_mask)
+    return layer_norm(self.dtype, 'norm_out')(x)

@@ -1,0 +1,89 @@
+"""ViT image tower that encodes only the patches a masking policy keeps."""
+
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.transformer import Encoder, logical
+
+Dtype = Any
+
+
+def sincos_2d(grid_hw: Sequence[int], width: int) -> np.ndarray:
+  """Fixed 2-D sin-cos position embedding, [gh * gw, width], rows in row-major patch order."""
+  if width % 4:
+    raise ValueError(f'sin-cos position embedding needs a width divisible by 4, got {width}')
+  gh, gw = grid_hw
+  omega = 1.0 / 10000 ** (np.arange(width // 4) / (width // 4))
+  ys, xs = np.meshgrid(np.arange(gh, dtype=np.float64), np.arange(gw, dtype=np.float64),
+                       indexing='ij')
+
+  def embed(pos):
+    angles = np.einsum('n,d->nd', pos.reshape(-1), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+  return np.concatenate([embed(ys), embed(xs)], axis=1).astype(np.float32)
+
+
+def gather_tokens(x: jax.Array, keep_idx: jax.Array) -> jax.Array:
+  """Selects `keep_idx` [B, K] rows of `x` [B, N, D] per example."""
+  return jnp.take_along_axis(x, keep_idx[..., None], axis=1)
+
+
+def masked_mean(x: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
+  """Mean over axis 1 of [B, K, D], counting only `valid` [B, K] tokens."""
+  if valid is None:
+    return x.mean(axis=1)
+  weights = valid.astype(x.dtype)[..., None]
+  return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
+
+
+class VisionTower(nn.Module):
+  """Conv patch embedding, position embedding, masking gather, class token, encoder, mean pool.
+
+  `keep_idx` [B, K] selects patches by row-major index after position embeddings are added;
+  `valid` [B, K] marks padding (False) that is excluded from attention and pooling.
+  """
+  patch_size: Sequence[int]
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  embed_dim: int
+  sincos: bool = True
+  remat_policy: str = 'none'
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, keep_idx=None, valid=None):
+    x = nn.Conv(self.hidden_size, tuple(self.patch_size), strides=tuple(self.patch_size),
+                padding='VALID', dtype=self.dtype, name='patch_embedding',
+                kernel_init=logical(nn.initializers.lecun_normal(),
+                                    (None, None, None, 'embed')),
+                bias_init=logical(nn.initializers.zeros, ('embed',)))(images.astype(self.dtype))
+    batch, gh, gw, width = x.shape
+    x = x.reshape(batch, gh * gw, width)
+    if self.sincos:
+      pos = jnp.asarray(sincos_2d((gh, gw), width))[None]
+    else:
+      pos = self.param('pos_embedding',
+                       logical(nn.initializers.normal(0.02), (None, None, 'embed')),
+                       (1, gh * gw, width))
+    x = x + pos.astype(self.dtype)
+    if keep_idx is not None:
+      x = gather_tokens(x, keep_idx)
+    cls = self.param('cls', logical(nn.initializers.zeros, (None, None, 'embed')),
+                     (1, 1, width))
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, width)), x], 1)
+    key_mask = None
+    if valid is not None:
+      key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
+    x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
+                name='encoder')(x, key_mask)
+    pooled = masked_mean(x[:, 1:], valid)
+    return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
+                    kernel_init=logical(nn.initializers.lecun_normal(),
+                                        ('embed', 'joint')))(pooled)

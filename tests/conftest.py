@@ -1,0 +1,49 @@
+"""Shared fixtures: a small generated dataset and a micro model config that compiles fast."""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+from configs import tiny
+from input_pipeline import demo_data
+
+MICRO_IMAGE = 32
+
+
+@pytest.fixture(scope='session')
+def demo_dir(tmp_path_factory):
+  """Demo data in both shard formats: 96 training pairs in 2 shards, 2 images per class."""
+  out = tmp_path_factory.mktemp('demo')
+  demo_data.generate(str(out), num_train=96, num_eval_per_class=2, num_shards=2,
+                     image_size=MICRO_IMAGE, seed=0, formats=('tfrecord', 'tar'))
+  return out
+
+
+def micro_config(demo_dir, **overrides):
+  """The tiny recipe shrunk to compile and step in about a second."""
+  config = tiny.get_config()
+  config.laion_path = str(demo_dir / 'train')
+  config.eval_dataset = f'folder:{demo_dir / "zeroshot"}'
+  config.image_size = MICRO_IMAGE
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.shuffle_buffer = 16
+  config.samples_per_epoch = 96
+  config.num_parallel_reads = 2
+  for tower in (config.model.model_img, config.model.model_txt):
+    tower.hidden_size = 32
+    tower.transformer.mlp_dim = 64
+    tower.transformer.num_heads = 2
+    tower.transformer.num_layers = 1
+  config.model.clr.proj_dim_out = 16
+  config.aug.txt.max_len = 16
+  config.log_every_steps = 1
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split('.')
+    for name in parents:
+      target = target[name]
+    target[leaf] = value
+  return config

@@ -1,0 +1,122 @@
+"""Towers' shapes, the masking gather, key padding, pooling and the contrastive loss."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from models import clip
+from models.vit import VisionTower, sincos_2d
+from tests.conftest import micro_config
+
+
+def _vision(sincos=True):
+  return VisionTower(patch_size=(8, 8), hidden_size=32, num_layers=2, num_heads=4, mlp_dim=64,
+                     embed_dim=16, sincos=sincos)
+
+
+@pytest.fixture(scope='module')
+def vision():
+  tower = _vision()
+  images = jax.random.normal(jax.random.PRNGKey(0), (3, 32, 48, 3))  # 4 x 6 patch grid
+  params = nn.unbox(tower.init(jax.random.PRNGKey(1), images))
+  return tower, params, images
+
+
+def test_sincos_covers_non_square_grids_with_distinct_rows():
+  pos = sincos_2d((4, 6), 32)
+  assert pos.shape == (24, 32)
+  assert len({tuple(np.round(r, 5)) for r in pos}) == 24
+
+
+def test_vision_tower_shapes_with_and_without_masking(vision):
+  tower, params, images = vision
+  assert tower.apply(params, images).shape == (3, 16)
+  keep_idx = jnp.tile(jnp.arange(0, 24, 2, dtype=jnp.int32), (3, 1))
+  assert tower.apply(params, images, keep_idx).shape == (3, 16)
+
+
+def test_keep_all_patches_in_any_order_equals_no_masking(vision):
+  tower, params, images = vision
+  full = tower.apply(params, images)
+  shuffled = jnp.stack([jax.random.permutation(jax.random.PRNGKey(i), 24) for i in range(3)])
+  np.testing.assert_allclose(tower.apply(params, images, shuffled.astype(jnp.int32)), full,
+                             atol=1e-5)
+
+
+def test_gather_selects_the_kept_patches_only(vision):
+  tower, params, images = vision
+  keep_idx = jnp.tile(jnp.array([0, 5, 7, 23], jnp.int32), (3, 1))
+  reference = tower.apply(params, images, keep_idx)
+  # Changing a dropped patch's pixels (patch 1: rows 0-7, columns 8-15) changes nothing.
+  edited = images.at[:, 0:8, 8:16].set(9.0)
+  np.testing.assert_allclose(tower.apply(params, edited, keep_idx), reference, atol=1e-6)
+  # Changing a kept one does.
+  edited = images.at[:, 0:8, 0:8].set(9.0)
+  assert not np.allclose(tower.apply(params, edited, keep_idx), reference, atol=1e-3)
+
+
+def test_padded_tokens_affect_neither_attention_nor_pooling(vision):
+  tower, params, images = vision
+  keep_idx = jnp.tile(jnp.array([3, 4, 10, 1, 2], jnp.int32), (3, 1))
+  valid = jnp.array([[True, True, True, False, False]] * 3)
+  padded = tower.apply(params, images, keep_idx, valid)
+  np.testing.assert_allclose(padded, tower.apply(params, images, keep_idx[:, :3]), atol=1e-5)
+  edited = images.at[:, 0:8, 8:24].set(-7.0)  # pixels of padded patches 1 and 2
+  np.testing.assert_allclose(tower.apply(params, edited, keep_idx, valid), padded, atol=1e-6)
+
+
+def test_learned_position_embedding_is_a_parameter():
+  tower = _vision(sincos=False)
+  params = nn.unbox(tower.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  assert params['params']['pos_embedding'].shape == (1, 16, 32)
+
+
+def test_clip_embeddings_are_unit_norm_and_logit_scale_is_clipped(demo_dir):
+  config = micro_config(demo_dir)
+  config.model.clr.tau = 0.001  # log(1000) > log(100)
+  model = clip.from_config(config)
+  images, tokens = jnp.ones((2, 32, 32, 3)), jnp.ones((2, 16), jnp.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens))
+  zimg, ztxt, scale = model.apply(params, images, tokens)
+  np.testing.assert_allclose(np.linalg.norm(zimg, axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(np.linalg.norm(ztxt, axis=1), 1.0, rtol=1e-5)
+  assert float(scale) == pytest.approx(np.log(100.0))
+
+
+def test_bfloat16_compute_keeps_float32_parameters(demo_dir):
+  config = micro_config(demo_dir, **{'model.dtype': 'bfloat16'})
+  model = clip.from_config(config)
+  images, tokens = jnp.ones((2, 32, 32, 3)), jnp.ones((2, 16), jnp.int32)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params))
+  zimg, _, _ = model.apply(params, images, tokens)
+  assert zimg.dtype == jnp.float32 and np.all(np.isfinite(zimg))
+
+
+def _numpy_loss(zimg, ztxt, logit_scale):
+  logits = np.exp(logit_scale) * zimg @ ztxt.T
+  total = 0.0
+  for matrix in (logits, logits.T):
+    for i, row in enumerate(matrix):
+      total += -(row[i] - np.log(np.sum(np.exp(row - row.max()))) - row.max())
+  return total / (2 * len(logits))
+
+
+def test_contrastive_loss_matches_a_numpy_reference():
+  rng = np.random.RandomState(0)
+  zimg = rng.normal(size=(6, 5))
+  ztxt = rng.normal(size=(6, 5))
+  zimg /= np.linalg.norm(zimg, axis=1, keepdims=True)
+  ztxt /= np.linalg.norm(ztxt, axis=1, keepdims=True)
+  got = clip.contrastive_loss(jnp.asarray(zimg, jnp.float32), jnp.asarray(ztxt, jnp.float32),
+                              jnp.float32(np.log(1 / 0.07)))
+  assert float(got) == pytest.approx(_numpy_loss(zimg, ztxt, np.log(1 / 0.07)), rel=1e-5)
+
+
+def test_contrastive_loss_is_low_for_matched_pairs():
+  z = jnp.eye(4)
+  matched = clip.contrastive_loss(z, z, jnp.float32(np.log(100)))
+  shuffled = clip.contrastive_loss(z, z[::-1], jnp.float32(np.log(100)))
+  assert float(matched) < 1e-3 < float(shuffled)
