@@ -35,6 +35,16 @@ class _QuietCheckpointing(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
+def parse_flags(argv):
+  """absl's parser, with a one-line refusal of --config.FIELD overrides the config lacks."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    overrides = ' '.join(a.split('=')[0] for a in argv[1:] if a.startswith('--config.'))
+    sys.exit(f'FATAL Flags parsing error: unknown config field {e} (overrides given: '
+             f'{overrides}); configs/default.py lists every field')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
@@ -53,4 +63,4 @@ def main(argv):
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

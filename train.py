@@ -7,6 +7,7 @@ from typing import Any, Dict
 
 from absl import logging
 from clu import periodic_actions
+from flax import traverse_util
 import flax.linen as nn
 from flax.training import train_state
 import jax
@@ -112,7 +113,7 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule):
       'learning_rate': schedule(state.step - 1),
       'temperature': jnp.exp(-logit_scale),
       'kept_patches': jnp.asarray(kept, jnp.float32),
-      'grad_norm': optax.global_norm(grads),
+      'grad_norm': optax.tree.norm(grads),
       'skipped_records': batch['skipped'].sum(),
   }
   return state, metrics
@@ -232,36 +233,40 @@ def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
 
 def load_pretrained_params(path: str, params):
   """Weights of another run's checkpoint, without its optimiser state, fitted to `params`."""
-  loaded = ocp.StandardCheckpointer().restore(_params_dir(path))
-
-  def fit(key_path, target, source):
-    name = jax.tree_util.keystr(key_path)
-    source = np.asarray(source)
-    if source.shape != target.shape:
-      if key_path[-1].key != 'pos_embedding':
-        raise ValueError(f'config.pretrain_dir: parameter {name} has shape {source.shape} in '
-                         f'the checkpoint but {target.shape} in this model')
-      logging.info('Resampling %s from %s to %s', name, source.shape, target.shape)
-      source = resample_grid(source, target.shape)
-    return jax.device_put(source.astype(target.dtype), target.sharding)
-
-  try:
-    return jax.tree_util.tree_map_with_path(fit, params, loaded)
-  except ValueError as e:
-    if 'config.pretrain_dir' in str(e):
-      raise
-    raise ValueError(f'config.pretrain_dir={path!r}: its parameters do not match this '
-                     f'model ({e})') from e
+  source = traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(_params_dir(path)),
+                                      sep='/')
+  target = traverse_util.flatten_dict(params, sep='/')
+  if source.keys() != target.keys():
+    raise ValueError(
+        f'config.pretrain_dir={path!r}: its parameters differ from this model\'s; missing '
+        f'{sorted(target.keys() - source.keys())}, unexpected '
+        f'{sorted(source.keys() - target.keys())}')
+  fitted = {}
+  for name, want in target.items():
+    value = np.asarray(source[name])
+    if value.shape != want.shape:
+      if not name.endswith('pos_embedding') or value.ndim != 3:
+        raise ValueError(f'config.pretrain_dir={path!r}: parameter {name} has shape '
+                         f'{value.shape} in the checkpoint but {want.shape} in this model')
+      logging.info('Resampling %s from %s to %s', name, value.shape, want.shape)
+      value = resample_grid(value, want.shape)
+    fitted[name] = jax.device_put(value.astype(want.dtype), want.sharding)
+  return traverse_util.unflatten_dict(fitted, sep='/')
 
 
 # --- The loop ----------------------------------------------------------------------------------
 
-def _fetch(pending):
-  """Device metrics of the steps since the last fetch -> their means (skips summed)."""
+def _summarize(pending):
+  """Device metrics of the steps since the last summary -> their means (skips summed)."""
   rows = jax.device_get(pending)
   out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
   out['skipped_records'] = float(np.sum([r['skipped_records'] for r in rows]))
-  return out, all(np.isfinite(r['train_loss']) and np.isfinite(r['grad_norm']) for r in rows)
+  return out
+
+
+def _all_finite(pending) -> bool:
+  rows = jax.device_get(pending)
+  return all(np.isfinite(r['train_loss']) and np.isfinite(r['grad_norm']) for r in rows)
 
 
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
@@ -340,50 +345,54 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   window_start, window_steps = time.time(), 0
   results: Dict[str, Any] = {}
 
-  def fetch_and_check(step):
-    summary, finite = _fetch(pending)
-    pending.clear()
-    if not finite:
-      where = (f'the last good checkpoint is step {last_saved} in {manager.directory}'
-               if last_saved is not None else 'no checkpoint was written')
-      logging.error('Training stopped: the loss became NaN or infinite by step %d; nothing '
-                    'after it was saved; %s.', step, where)
-      raise NonFiniteLossError(f'non-finite loss by step {step}; {where}')
-    return summary
+  def check_finite(step):
+    """Stops before anything computed from non-finite values is saved."""
+    if _all_finite(pending):
+      return
+    manager.wait_until_finished()
+    where = (f'the last good checkpoint is step {last_saved} in {manager.directory}'
+             if last_saved is not None else 'no checkpoint was written')
+    logging.error('Training stopped: the loss became NaN or infinite by step %d; nothing '
+                  'after it was saved; %s.', step, where)
+    raise NonFiniteLossError(f'non-finite loss by step {step}; {where}')
 
   def every(n, step):
     return n > 0 and step % n == 0
 
-  for step in range(start_step + 1, total_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      batch = partitioning.global_batch(mesh, next(batches))
-      state, metrics = step_fn(state, batch, train_rng)
-    pending.append(metrics)
-    window_steps += 1
-    progress(step)
-    is_last = step == total_steps
-    if every(config.log_every_steps, step) or is_last:
-      summary = fetch_and_check(step)
-      elapsed = time.time() - window_start
-      summary['images_per_sec'] = window_steps * config.batch_size / max(elapsed, 1e-9)
-      writer.write_scalars(step, summary)
-      eta = (total_steps - step) * elapsed / max(window_steps, 1)
-      logging.info('step %d/%d | loss %.4f | %.0f images/s | ETA %s', step, total_steps,
-                   summary['train_loss'], summary['images_per_sec'], _format_seconds(eta))
-      results.update(summary)
-      window_start, window_steps = time.time(), 0
-    if every(config.checkpoint_every_steps, step) or (is_last and config.save_at_end):
-      if pending:
-        fetch_and_check(step)
-      with progress.timed('checkpoint'):
-        save_checkpoint(manager, state)
-      last_saved = step
-    if evaluator and (every(config.eval_every_steps, step) or (is_last and config.eval_at_end)):
-      with progress.timed('eval'):
-        results.update(evaluate(step))
-      window_start = time.time()  # evaluation time is not training throughput
-  manager.wait_until_finished()
-  writer.flush()
+  try:
+    for step in range(start_step + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = partitioning.global_batch(mesh, next(batches))
+        state, metrics = step_fn(state, batch, train_rng)
+      pending.append(metrics)
+      window_steps += 1
+      progress(step)
+      is_last = step == total_steps
+      if every(config.log_every_steps, step) or is_last:
+        check_finite(step)
+        summary = _summarize(pending)
+        pending.clear()
+        elapsed = time.time() - window_start
+        summary['images_per_sec'] = window_steps * config.batch_size / max(elapsed, 1e-9)
+        writer.write_scalars(step, summary)
+        eta = (total_steps - step) * elapsed / max(window_steps, 1)
+        logging.info('step %d/%d | loss %.4f | %.0f images/s | ETA %s', step, total_steps,
+                     summary['train_loss'], summary['images_per_sec'], _format_seconds(eta))
+        results.update(summary)
+        window_start, window_steps = time.time(), 0
+      if every(config.checkpoint_every_steps, step) or (is_last and config.save_at_end):
+        check_finite(step)
+        with progress.timed('checkpoint'):
+          save_checkpoint(manager, state)
+        last_saved = step
+      if evaluator and (every(config.eval_every_steps, step) or
+                        (is_last and config.eval_at_end)):
+        with progress.timed('eval'):
+          results.update(evaluate(step))
+        window_start = time.time()  # evaluation time is not training throughput
+  finally:
+    manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
+    writer.flush()
   logging.info('Done. Logs and metrics.jsonl in %s; checkpoints in %s', workdir,
                manager.directory)
   return results

@@ -1,0 +1,152 @@
+"""Readers of both shard formats, corrupt-record accounting and the zero-shot data."""
+
+import io
+import os
+import tarfile
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from input_pipeline import demo_data, laion, zeroshot
+from input_pipeline.tokenizer import BertTokenizer
+from tests.conftest import MICRO_IMAGE, micro_config
+
+
+@pytest.fixture(scope='module')
+def tokenizer():
+  return BertTokenizer(max_len=16)
+
+
+def _batches(config, tokenizer, n):
+  shards = laion.list_shards(config.laion_path)
+  it = laion.train_dataset(config, tokenizer, shards, seed=0).as_numpy_iterator()
+  return shards, [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize('folder,fmt', [('train', 'tfrecord'), ('train_tar', 'webdataset')])
+def test_reads_both_shard_formats(demo_dir, tokenizer, folder, fmt):
+  config = micro_config(demo_dir, laion_path=str(demo_dir / folder))
+  shards, batches = _batches(config, tokenizer, 3)
+  assert shards.format == fmt and len(shards.files) == 2
+  batch = batches[0]
+  assert batch['image'].shape == (8, MICRO_IMAGE, MICRO_IMAGE, 3)
+  assert batch['image'].dtype == np.float32 and np.isfinite(batch['image']).all()
+  assert batch['tokens'].shape == (8, 16) and (batch['tokens'][:, 0] == 101).all()
+  assert sum(int(b['skipped'].sum()) for b in batches) == 0
+  # Normalised with ImageNet statistics: roughly centred, not in [0, 255].
+  assert -3 < batch['image'].mean() < 3
+
+
+def test_colour_words_of_captions_reach_the_tokens(demo_dir, tokenizer):
+  config = micro_config(demo_dir)
+  _, batches = _batches(config, tokenizer, 2)
+  colour_ids = set(tokenizer(list(demo_data.COLORS)).numpy()[:, 1])
+  for row in np.concatenate([b['tokens'] for b in batches]):
+    assert colour_ids & set(row)
+
+
+def _write_tfrecord_with_corrupt_records(path, good_pairs, corrupt_positions):
+  with tf.io.TFRecordWriter(str(path)) as writer:
+    for i, (key, jpg, txt) in enumerate(good_pairs):
+      if i in corrupt_positions:
+        jpg = b'\xff\xd8 this is not a jpeg'
+      writer.write(demo_data._tf_example(key, jpg, txt, MICRO_IMAGE))  # pylint: disable=protected-access
+      if i == 5:
+        writer.write(b'not a tf.train.Example')  # an unparsable record
+
+
+def _pairs(n, seed=0):
+  rng = np.random.RandomState(seed)
+  return [(f'{i:09d}', *demo_data.render(rng, 'red', 'circle', MICRO_IMAGE)) for i in range(n)]
+
+
+def test_corrupt_records_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
+  shard = tmp_path / 'corrupt' / '00000.tfrecord'
+  shard.parent.mkdir()
+  _write_tfrecord_with_corrupt_records(shard, _pairs(17), corrupt_positions={2, 9})
+  config = micro_config(demo_dir, laion_path=str(shard.parent), batch_size=5,
+                        shuffle_buffer=1)
+  _, batches = _batches(config, tokenizer, 3)  # 15 good records of the first pass
+  assert sum(int(b['skipped'].sum()) for b in batches) == 3  # 2 bad images + 1 bad record
+  assert all(np.isfinite(b['image']).all() for b in batches)
+
+
+def test_corrupt_webdataset_samples_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
+  folder = tmp_path / 'tar'
+  folder.mkdir()
+  with tarfile.open(folder / '00000.tar', 'w') as tar:
+    for i, (key, jpg, txt) in enumerate(_pairs(9)):
+      members = {'jpg': b'garbage' if i == 4 else jpg, 'txt': txt.encode()}
+      if i == 6:
+        del members['jpg']  # a sample without an image
+      for ext, data in members.items():
+        info = tarfile.TarInfo(f'{key}.{ext}')
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+  config = micro_config(demo_dir, laion_path=str(folder), batch_size=7, shuffle_buffer=1)
+  _, batches = _batches(config, tokenizer, 1)
+  assert int(batches[0]['skipped'].sum()) == 2
+
+
+@pytest.mark.parametrize('make_path,message', [
+    (lambda d: '', 'laion_path is empty'),
+    (lambda d: str(d / 'missing' / '*.tfrecord'), 'nothing matches'),
+    (lambda d: str(d / 'zeroshot'), 'holds no TFRecord'),
+    (lambda d: f"{d / 'train'},{d / 'train_tar'}", 'mixes TFRecord and webdataset'),
+])
+def test_bad_laion_paths_are_refused(demo_dir, make_path, message):
+  with pytest.raises((FileNotFoundError, ValueError), match=message):
+    laion.list_shards(make_path(demo_dir))
+
+
+def test_each_host_reads_its_own_files():
+  files = [f'{i}.tar' for i in range(5)]
+  parts = [laion.host_files(files, i, 2) for i in range(2)]
+  assert parts == [['0.tar', '2.tar', '4.tar'], ['1.tar', '3.tar']]
+  with pytest.raises(ValueError, match='5 shard files cannot be split over 8 hosts'):
+    laion.host_files(files, 0, 8)
+
+
+def test_zeroshot_folder_gives_classes_labels_and_padded_batches(demo_dir):
+  config = micro_config(demo_dir)
+  data = zeroshot.zeroshot_dataset(config, local_batch_size=10)
+  assert len(data.classnames) == 32 and data.classnames[0] == 'black circle'
+  assert data.num_examples == 64 and data.num_batches == 7
+  batches = list(data.dataset.as_numpy_iterator())
+  assert len(batches) == 7 and all(b['image'].shape == (10, 32, 32, 3) for b in batches)
+  mask = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])[mask > 0]
+  assert mask.sum() == 64 and np.bincount(labels).tolist() == [2] * 32
+
+
+def test_zeroshot_class_name_list_and_limits(demo_dir, tmp_path):
+  names = tmp_path / 'names.json'
+  names.write_text('[' + ','.join(f'"class {i}"' for i in range(32)) + ']')
+  config = micro_config(demo_dir, eval_classnames=str(names), eval_max_images=5)
+  data = zeroshot.zeroshot_dataset(config, local_batch_size=4)
+  assert data.classnames[3] == 'class 3' and data.num_examples == 5
+  config = micro_config(demo_dir, eval_classnames='imagenet')
+  with pytest.raises(ValueError, match='1000 names but the dataset has 32 classes'):
+    zeroshot.zeroshot_dataset(config, local_batch_size=4)
+
+
+def test_zeroshot_errors_name_the_field(demo_dir, tmp_path):
+  config = micro_config(demo_dir, eval_dataset=f'folder:{tmp_path / "nowhere"}')
+  with pytest.raises(FileNotFoundError, match='eval_dataset=folder:'):
+    zeroshot.zeroshot_dataset(config, local_batch_size=4)
+  config = micro_config(demo_dir, eval_dataset='imagenet2012')
+  os.environ['TFDS_DATA_DIR'] = str(tmp_path / 'tfds')
+  try:
+    with pytest.raises(FileNotFoundError, match="eval_dataset='imagenet2012'.*TFDS_DATA_DIR"):
+      zeroshot.zeroshot_dataset(config, local_batch_size=4)
+  finally:
+    del os.environ['TFDS_DATA_DIR']
+  with pytest.raises(ValueError, match='eval_templates'):
+    zeroshot.templates('openai81')
+
+
+def test_prompts_fill_every_template_per_class():
+  assert zeroshot.prompts(['cat', 'dog'], ['a {}.', 'the {}!']) == [
+      'a cat.', 'the cat!', 'a dog.', 'the dog!']
+  assert len(zeroshot.templates('openai80')) == 80 and len(zeroshot.templates('short7')) == 7

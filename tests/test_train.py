@@ -1,0 +1,195 @@
+"""End to end: main.py trains, saves, resumes, evaluates; checkpoints; refusals."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import config_checks
+import partitioning
+import train
+from tests.conftest import micro_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _main(workdir, demo_dir, *overrides):
+  config = micro_config(demo_dir)
+  flags = [f'--config.laion_path={config.laion_path}',
+           f'--config.eval_dataset={config.eval_dataset}',
+           '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=16',
+           '--config.shuffle_buffer=16', '--config.samples_per_epoch=96',
+           '--config.aug.txt.max_len=16', '--config.model.clr.proj_dim_out=16',
+           '--config.log_every_steps=1']
+  for tower in ('model_img', 'model_txt'):
+    flags += [f'--config.model.{tower}.hidden_size=32',
+              f'--config.model.{tower}.transformer.mlp_dim=64',
+              f'--config.model.{tower}.transformer.num_heads=2',
+              f'--config.model.{tower}.transformer.num_layers=1']
+  return subprocess.run(
+      [sys.executable, 'main.py', f'--workdir={workdir}', '--config=configs/tiny.py',
+       *flags, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _rows(workdir):
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
+  workdir = tmp_path / 'run'
+  first = _main(workdir, demo_dir, '--config.total_steps=4', '--config.checkpoint_every_steps=2')
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
+  rows = _rows(workdir)
+  train_rows = [r for r in rows if 'train_loss' in r]
+  assert [r['step'] for r in train_rows] == [1, 2, 3, 4]
+  for row in train_rows:
+    assert row['kept_patches'] == 8.0 and row['skipped_records'] == 0
+    assert row['images_per_sec'] > 0 and 0 < row['temperature'] < 1
+    assert np.isfinite(row['train_loss']) and row['learning_rate'] >= 0
+  final = [r for r in rows if 'zeroshot_top1' in r]
+  assert [r['step'] for r in final] == [4]
+  assert 0 <= final[0]['zeroshot_top1'] <= final[0]['zeroshot_top5'] <= 1
+  assert 'step 4/4 | loss' in first.stderr and 'ETA' in first.stderr
+
+  second = _main(workdir, demo_dir, '--config.total_steps=6')
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert 'at step 4' in second.stderr
+  new_rows = _rows(workdir)[len(rows):]
+  assert [r['step'] for r in new_rows if 'train_loss' in r] == [5, 6]
+  assert '6' in os.listdir(workdir / 'checkpoints')
+
+  third = _main(workdir, demo_dir, '--config.eval_only=True')
+  assert third.returncode == 0, third.stderr[-3000:]
+  last = _rows(workdir)[-1]
+  assert last['step'] == 6 and 'zeroshot_top1' in last and 'train_loss' not in last
+
+
+def test_command_line_refuses_unknown_fields_and_wrong_types(tmp_path, demo_dir):
+  unknown = _main(tmp_path, demo_dir, '--config.model.model_img.mask_ration=0.5')
+  assert unknown.returncode != 0 and 'mask_ration' in unknown.stderr
+  wrong_type = _main(tmp_path, demo_dir, '--config.batch_size=big')
+  assert wrong_type.returncode != 0 and 'config.batch_size' in wrong_type.stderr
+  assert not os.path.exists(tmp_path / 'metrics.jsonl')
+
+
+def test_checkpoint_round_trip_restores_params_optimizer_and_step(tmp_path, demo_dir):
+  config = micro_config(demo_dir)
+  mesh = partitioning.make_mesh(config)
+  model = train.clip.from_config(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+  state = state.apply_gradients(grads=jax.tree.map(np.ones_like, state.params))
+  manager = train.checkpoint_manager(str(tmp_path / 'ckpt'), config)
+  train.save_checkpoint(manager, state)
+  manager.wait_until_finished()
+  fresh = train.create_train_state(config, model, jax.random.PRNGKey(1), mesh)
+  restored = train.restore_checkpoint(manager, fresh, manager.latest_step())
+  assert int(restored.step) == 1
+  for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
+                  jax.tree.leaves((restored.params, restored.opt_state))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_dir):
+  workdir = str(tmp_path / 'nan')
+  config = micro_config(demo_dir, total_steps=2, eval_at_end=False)
+  train.train_and_evaluate(config, workdir)
+  diverging = micro_config(demo_dir, total_steps=6, learning_rate=1e35, eval_at_end=False,
+                           checkpoint_every_steps=1, warmup_epochs=0.0)
+  with pytest.raises(train.NonFiniteLossError) as error:
+    train.train_and_evaluate(diverging, workdir)
+  found = re.search(r'non-finite loss by step (\d+); the last good checkpoint is step (\d+)',
+                    str(error.value))
+  assert found, str(error.value)
+  bad_step, good_step = int(found.group(1)), int(found.group(2))
+  assert 2 <= good_step < bad_step <= 6
+  saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
+  assert saved[-1] == good_step  # nothing at or after the non-finite step was written
+
+
+def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_path, demo_dir):
+  source = str(tmp_path / 'source')
+  train.train_and_evaluate(micro_config(demo_dir, total_steps=1, eval_at_end=False,
+                                        **{'model.model_img.sincos': False}), source)
+  config = micro_config(demo_dir, total_steps=1, eval_at_end=False, save_at_end=False,
+                        image_size=48, pretrain_dir=source,
+                        **{'model.model_img.sincos': False})
+  mesh = partitioning.make_mesh(config)
+  model = train.clip.from_config(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(5), mesh)
+  loaded = train.load_pretrained_params(source, state.params)
+  saved = train.ocp.StandardCheckpointer().restore(os.path.join(source, 'checkpoints', '1',
+                                                                'params'))
+  assert loaded['image']['pos_embedding'].shape == (1, 36, 32)
+  np.testing.assert_array_equal(loaded['text']['token_embedding']['embedding'],
+                                saved['text']['token_embedding']['embedding'])
+  # Fine-tuning from it starts a new optimiser at step 0 and runs.
+  train.train_and_evaluate(config, str(tmp_path / 'tuned'))
+  wider = micro_config(demo_dir, **{'model.clr.proj_dim_out': 24,
+                                    'model.model_img.sincos': False})
+  state = train.create_train_state(wider, train.clip.from_config(wider), jax.random.PRNGKey(0),
+                                   partitioning.make_mesh(wider))
+  with pytest.raises(ValueError, match=r'pretrain_dir.*image/projection/kernel has shape'):
+    train.load_pretrained_params(source, state.params)
+  sincos = micro_config(demo_dir)
+  state = train.create_train_state(sincos, train.clip.from_config(sincos),
+                                   jax.random.PRNGKey(0), partitioning.make_mesh(sincos))
+  with pytest.raises(ValueError, match=r"unexpected \['image/pos_embedding'\]"):
+    train.load_pretrained_params(source, state.params)
+
+
+def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
+  config = micro_config(demo_dir, batch_size=10)
+  with pytest.raises(ValueError, match=r'batch_size=10 does not divide over the 4 devices'):
+    partitioning.make_mesh(config, devices=jax.devices() * 4)
+  config = micro_config(demo_dir, **{'partitioning.num_partitions': 3})
+  with pytest.raises(ValueError, match='num_partitions=3 does not divide the 4 devices'):
+    partitioning.make_mesh(config, devices=jax.devices() * 4)
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('aug.area_range', (0.0, 1.0), 'area_range'),
+    ('eval_batch_size', 0, 'eval_batch_size=0'),
+    ('checkpoint_every_steps', -1, 'checkpoint_every_steps=-1'),
+    ('model.model_txt.transformer.num_heads', 3, 'model_txt.hidden_size=32 does not divide'),
+    ('eval_templates', 'openai81', 'eval_templates'),
+])
+def test_config_checks_name_the_field(demo_dir, field, value, message):
+  with pytest.raises(ValueError, match=message):
+    config_checks.check(micro_config(demo_dir, **{field: value}))
+
+
+def test_missing_training_data_is_reported_before_training(tmp_path, demo_dir):
+  config = micro_config(demo_dir, laion_path=str(tmp_path / 'no-such-dir'))
+  with pytest.raises(FileNotFoundError, match='laion_path'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))
+  assert not os.path.exists(tmp_path / 'run' / 'checkpoints' / '1')
+
+
+def test_schedule_warms_up_then_decays_to_the_floor(demo_dir):
+  config = micro_config(demo_dir, total_steps=100, warmup_epochs=10 * 8 / 96,
+                        learning_rate=2.56e-3, batch_size=8, min_abs_lr=1e-6)
+  schedule = train.learning_rate_schedule(config)
+  peak = 2.56e-3 * 8 / 256
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(10)) == pytest.approx(peak)
+  assert float(schedule(100)) == pytest.approx(1e-6)
+  assert float(schedule(5)) == pytest.approx(peak / 2)
+
+
+def test_weight_decay_skips_biases_norms_and_embedding_offsets(demo_dir):
+  config = micro_config(demo_dir, **{'model.model_img.sincos': False})
+  model = train.clip.from_config(config)
+  params = train.nn.unbox(model.init(jax.random.PRNGKey(0), *train.dummy_inputs(config)))
+  mask = train.weight_decay_mask(params['params'])
+  assert mask['image']['encoder']['block_00']['mlp']['Dense_0']['kernel']
+  assert not mask['image']['encoder']['block_00']['mlp']['Dense_0']['bias']
+  assert not mask['image']['encoder']['norm_out']['scale']
+  assert not mask['image']['pos_embedding'] and not mask['image']['cls']
+  assert not mask['logit_scale']
