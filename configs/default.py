@@ -25,7 +25,8 @@ def get_config():
   # as spaces; TFDS label names), `imagenet` takes the curated CLIP ImageNet names, any other
   # value is a JSON file holding a list of names in label order.
   config.eval_classnames = ''
-  # Prompt templates averaged into each class embedding: `short7` or `openai80`.
+  # Prompt templates averaged into each class embedding: `short7`, `openai80`, or a JSON file
+  # holding a list of templates with `{}` where the class name goes.
   config.eval_templates = 'short7'
   config.eval_batch_size = 256
   # Evaluate on at most this many images (0: all of them).

@@ -1,9 +1,10 @@
-"""Generates the embedded demo dataset: coloured shapes with English captions.
+"""Generates the embedded demo dataset: coloured shapes on coloured backgrounds, captioned.
 
 Writes, under --out:
   train/NNNNN.tfrecord        image-caption pairs in img2dataset's TFRecord layout
   train_tar/NNNNN.tar         the same pairs as webdataset shards (with --formats=...,tar)
-  zeroshot/COLOR_SHAPE/*.jpg  held-out images, one folder per class, for zero-shot eval
+  zeroshot/COLOR_shape_on_BACKGROUND/*.jpg
+                              held-out images, one folder per class, for zero-shot eval
   COMPLETE                    written last, so an interrupted run is regenerated
 
 The output is a deterministic function of the flags.
@@ -26,22 +27,22 @@ COLORS = {
     'yellow': (240, 220, 40), 'purple': (140, 60, 185), 'orange': (245, 140, 30),
     'white': (245, 245, 245), 'black': (20, 20, 20),
 }
+BACKGROUNDS = {'gray': (128, 128, 128), 'beige': (200, 185, 150), 'teal': (60, 125, 125),
+               'pink': (225, 150, 170)}
 SHAPES = ('circle', 'square', 'triangle', 'cross')
-CLASSES = [(color, shape) for color in COLORS for shape in SHAPES]
 SIZES = {'small': (0.35, 0.5), 'large': (0.55, 0.75)}
-BACKGROUNDS = {'gray': (128, 128, 128), 'beige': (200, 185, 150), 'teal': (70, 120, 120),
-               'brown': (110, 80, 50), 'pink': (220, 160, 175), 'navy': (50, 55, 95),
-               'olive': (120, 120, 60), 'silver': (190, 190, 200)}
+# Zero-shot classes: the shape's colour and the background's, named like "red shape on teal".
+CLASSES = [(color, bg) for color in COLORS for bg in BACKGROUNDS]
 CAPTIONS = (
     'a {size} {color} {shape} on a {bg} background',
-    'a photo of a {color} {shape}',
-    'a {color} {shape} in the {where} of the picture',
-    'there is a {size} {shape} which is {color}',
+    'a photo of a {color} {shape} on {bg}',
+    'a {color} {shape} in the {where} of a {bg} picture',
+    'there is a {size} {shape} which is {color}, the background is {bg}',
     '{color} {shape}, {bg} backdrop',
-    'an image showing one {color} {shape} near the {where}',
-    'a drawing of the {size} {color} {shape}',
+    'an image showing one {color} {shape} near the {where} on {bg}',
+    'a drawing of the {size} {color} {shape} against {bg}',
     'the {shape} is {color} and the background is {bg}',
-    'art of a {color} {shape}',
+    'art of a {color} shape on a {bg} background',
     'a close up of a {color} {shape} on {bg}',
 )
 FLAGS = flags.FLAGS
@@ -71,9 +72,9 @@ def _draw_shape(draw, shape, cx, cy, radius, fill):
     raise ValueError(f'unknown shape {shape!r}')
 
 
-def render(rng: np.random.RandomState, color: str, shape: str, image_size: int):
-  """One JPEG of `color` `shape` on a textured background, and a caption for it."""
-  bg_name = list(BACKGROUNDS)[rng.randint(len(BACKGROUNDS))]
+def render(rng: np.random.RandomState, color: str, bg_name: str, image_size: int):
+  """One JPEG of a `color` shape on a textured `bg_name` background, and a caption for it."""
+  shape = SHAPES[rng.randint(len(SHAPES))]
   base = np.array(BACKGROUNDS[bg_name], np.float32)
   gradient = np.linspace(-1, 1, image_size, dtype=np.float32)
   tilt = rng.uniform(-25, 25, size=2)
@@ -141,16 +142,16 @@ def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,
   rng = np.random.RandomState(seed)
   pairs = []
   for i in range(num_train):
-    color, shape = CLASSES[rng.randint(len(CLASSES))]
-    jpg, txt = render(rng, color, shape, image_size)
+    color, bg_name = CLASSES[rng.randint(len(CLASSES))]
+    jpg, txt = render(rng, color, bg_name, image_size)
     pairs.append((f'{i:09d}', jpg, txt))
   write_shards(out_dir, pairs, num_shards, formats, image_size)
   eval_rng = np.random.RandomState(seed + 1_000_003)  # held out: a stream training never sees
-  for color, shape in CLASSES:
-    folder = os.path.join(out_dir, 'zeroshot', f'{color}_{shape}')
+  for color, bg_name in CLASSES:
+    folder = os.path.join(out_dir, 'zeroshot', f'{color}_shape_on_{bg_name}')
     os.makedirs(folder, exist_ok=True)
     for i in range(num_eval_per_class):
-      jpg, _ = render(eval_rng, color, shape, image_size)
+      jpg, _ = render(eval_rng, color, bg_name, image_size)
       with open(os.path.join(folder, f'{i:05d}.jpg'), 'wb') as f:
         f.write(jpg)
   with open(os.path.join(out_dir, 'COMPLETE'), 'w') as f:

@@ -34,9 +34,17 @@ def _metadata():
 
 
 def templates(name: str) -> List[str]:
-  if name not in TEMPLATE_SETS:
-    raise ValueError(f'config.eval_templates={name!r}: expected one of {TEMPLATE_SETS}')
-  return _metadata()[f'templates_{name}']
+  """A named template set, or a JSON file holding a list of templates with `{}`."""
+  if name in TEMPLATE_SETS:
+    return _metadata()[f'templates_{name}']
+  if not os.path.isfile(name):
+    raise ValueError(f'config.eval_templates={name!r}: expected one of {TEMPLATE_SETS} or a '
+                     'JSON file with a list of templates')
+  found = json.loads(pathlib.Path(name).read_text())
+  if not found or not all(isinstance(t, str) and '{}' in t for t in found):
+    raise ValueError(f'config.eval_templates={name!r}: expected a non-empty JSON list of '
+                     'strings, each with {} where the class name goes')
+  return found
 
 
 def prompts(classnames: List[str], template_set: List[str]) -> List[str]:

@@ -58,7 +58,7 @@ def _write_tfrecord_with_corrupt_records(path, good_pairs, corrupt_positions):
 
 def _pairs(n, seed=0):
   rng = np.random.RandomState(seed)
-  return [(f'{i:09d}', *demo_data.render(rng, 'red', 'circle', MICRO_IMAGE)) for i in range(n)]
+  return [(f'{i:09d}', *demo_data.render(rng, 'red', 'gray', MICRO_IMAGE)) for i in range(n)]
 
 
 def test_corrupt_records_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
@@ -111,7 +111,7 @@ def test_each_host_reads_its_own_files():
 def test_zeroshot_folder_gives_classes_labels_and_padded_batches(demo_dir):
   config = micro_config(demo_dir)
   data = zeroshot.zeroshot_dataset(config, local_batch_size=10)
-  assert len(data.classnames) == 32 and data.classnames[0] == 'black circle'
+  assert len(data.classnames) == 32 and data.classnames[0] == 'black shape on beige'
   assert data.num_examples == 64 and data.num_batches == 7
   batches = list(data.dataset.as_numpy_iterator())
   assert len(batches) == 7 and all(b['image'].shape == (10, 32, 32, 3) for b in batches)

@@ -1,0 +1,80 @@
+"""Train-step time of a config at several mask ratios, measured in one process.
+
+  python -m benchmarks.step_time --config=configs/tiny.py --ratios=0.0,0.5
+
+Prints one JSON object as its last line: per ratio the median step seconds, the number of
+patches kept, and the ratio of its step time to the first ratio's.
+"""
+
+import functools
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+import masking
+import partitioning
+import train
+from models import clip
+
+config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
+flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios to time.')
+flags.DEFINE_integer('batch_size', 0, 'Batch size (0: the config\'s).')
+flags.DEFINE_integer('steps', 20, 'Timed steps per ratio (after 2 warm-up steps).')
+FLAGS = flags.FLAGS
+
+
+def time_steps(config, steps):
+  mesh = partitioning.make_mesh(config)
+  model = clip.from_config(config)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+  policy = masking.get_policy(config)
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
+                                      schedule=train.learning_rate_schedule(config)),
+                    donate_argnums=0)
+  rng = np.random.RandomState(0)
+  batch = partitioning.global_batch(mesh, {
+      'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size,
+                                3)).astype(np.float32),
+      'tokens': rng.randint(1, 30000, size=(config.batch_size, config.aug.txt.max_len)
+                            ).astype(np.int32),
+      'skipped': np.zeros(config.batch_size, np.int32)})
+  key = jax.random.PRNGKey(1)
+  for _ in range(2):
+    state, metrics = step_fn(state, batch, key)
+  jax.block_until_ready(metrics)
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = step_fn(state, batch, key)
+    jax.block_until_ready(metrics)
+    seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds)), policy.num_keep
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  if FLAGS.batch_size:
+    config.batch_size = FLAGS.batch_size
+  results = {}
+  for ratio in FLAGS.ratios:
+    config.model.model_img.mask_ratio = float(ratio)
+    median, kept = time_steps(config, FLAGS.steps)
+    results[ratio] = {'step_seconds': median, 'kept_patches': kept}
+  base = results[FLAGS.ratios[0]]['step_seconds']
+  for row in results.values():
+    row['step_ratio'] = row['step_seconds'] / base
+  print(json.dumps({'device': jax.devices()[0].device_kind, 'batch_size': config.batch_size,
+                    'image_size': config.image_size, 'mask_ratio': results}))
+
+
+if __name__ == '__main__':
+  app.run(main)
