@@ -1,9 +1,11 @@
 # `make demo` and `make test` set everything up on a fresh machine (Python 3.11 or 3.12).
+# `make demo POLICY=gaussian` (or cluster, attentive, none) trains the demo with that policy.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo
-DEMO_WORKDIR := workdirs/demo
+POLICY ?= random
+DEMO_WORKDIR ?= workdirs/demo-$(POLICY)
 
 .PHONY: demo test data clean
 
@@ -20,7 +22,8 @@ $(DEMO_DATA)/COMPLETE: $(VENV)/.installed
 data: $(DEMO_DATA)/COMPLETE
 
 demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
-	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py $(ARGS)
+	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py \
+	    --config.model.model_img.masking.policy=$(POLICY) $(ARGS)
 	@echo
 	@echo "Demo finished. TensorBoard events and metrics.jsonl: $(DEMO_WORKDIR)"
 	@echo "Checkpoints: $(DEMO_WORKDIR)/checkpoints   (make demo again resumes; rm -r $(DEMO_WORKDIR) to start over)"
@@ -29,4 +32,4 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(DEMO_WORKDIR) $(DEMO_DATA)
+	rm -rf workdirs/demo-* $(DEMO_DATA)

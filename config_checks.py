@@ -36,5 +36,18 @@ def check(config):
   _require(not img.sincos or img.hidden_size % 4 == 0,
            f'config.model.model_img.hidden_size={img.hidden_size}: the sin-cos position '
            'embedding needs a multiple of 4')
+  views = img.masking.num_views
+  _require(views >= 1, f'config.model.model_img.masking.num_views={views}: must be >= 1')
+  aclip = config.model.aclip
+  for field in ('distill_weight', 'simclr_weight'):
+    _require(aclip[field] >= 0, f'config.model.aclip.{field}={aclip[field]}: must be >= 0')
+  _require(aclip.simclr_weight == 0 or views >= 2,
+           f'config.model.aclip.simclr_weight={aclip.simclr_weight} contrasts two views: set '
+           f'config.model.model_img.masking.num_views >= 2 (it is {views})')
+  _require(aclip.simclr_temperature > 0,
+           f'config.model.aclip.simclr_temperature={aclip.simclr_temperature}: must be > 0')
+  _require(0.0 <= img.masking.ema_momentum <= 1.0,
+           f'config.model.model_img.masking.ema_momentum={img.masking.ema_momentum}: expected '
+           'a value in [0, 1]')
   if config.eval_dataset:
     zeroshot.templates(config.eval_templates)

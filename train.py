@@ -1,6 +1,8 @@
 """Training and zero-shot evaluation: train state, jitted steps, the loop, checkpoints."""
 
+import dataclasses
 import functools
+import itertools
 import os
 import time
 from typing import Any, Dict
@@ -11,6 +13,7 @@ from flax import traverse_util
 import flax.linen as nn
 from flax.training import train_state
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -33,7 +36,40 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class TrainState(train_state.TrainState):
-  pass
+  # EMA copy of the image tower (and A-CLIP's projector): the attentive policy's teacher.
+  ema_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a train step computes besides the contrastive loss; static under jit."""
+  num_views: int = 1
+  use_teacher: bool = False  # keep an EMA image tower (attentive scores, distillation)
+  ema_momentum: float = 0.996
+  total_steps: int = 1
+  distill_weight: float = 0.0
+  simclr_weight: float = 0.0
+  simclr_temperature: float = 0.1
+
+  def momentum(self, step):
+    """Cosine schedule of the EMA momentum from ema_momentum at step 0 to 1 at the end."""
+    progress = jnp.minimum(step / self.total_steps, 1.0)
+    return 1 - (1 - self.ema_momentum) * (jnp.cos(jnp.pi * progress) + 1) / 2
+
+
+def objective_of(config, policy) -> Objective:
+  aclip = config.model.aclip
+  return Objective(
+      num_views=config.model.model_img.masking.num_views,
+      use_teacher=policy.needs_scores or aclip.distill_weight > 0,
+      ema_momentum=config.model.model_img.masking.ema_momentum,
+      total_steps=steps_of(config)['total'], distill_weight=aclip.distill_weight,
+      simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature)
+
+
+def teacher_part(params):
+  """The parameters the EMA teacher tracks."""
+  return {k: v for k, v in params.items() if k in ('image', 'projector')}
 
 
 # --- Optimiser ---------------------------------------------------------------------------------
@@ -83,38 +119,100 @@ def dummy_inputs(config):
           jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
 
 
-def create_train_state(config, model, rng, mesh) -> TrainState:
+def create_train_state(config, model, rng, mesh,
+                       objective: Objective = Objective()) -> TrainState:
   tx = make_optimizer(config)
 
   def init(rng):
     params = nn.unbox(model.init(rng, *dummy_inputs(config))['params'])
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+    ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
 
   return jax.jit(init, out_shardings=partitioning.replicated(mesh))(rng)
 
 
 # --- Steps -------------------------------------------------------------------------------------
 
-def train_step(state: TrainState, batch, rng, *, model, policy, schedule):
+def teacher_forward(model, ema_params, images):
+  """EMA image tower on the unmasked images: (features [B, E], class-token attention [B, N])."""
+  features, scores = model.image.apply({'params': ema_params['image']}, images,
+                                       cls_attention=True)
+  return jax.lax.stop_gradient(features), jax.lax.stop_gradient(scores)
+
+
+def sample_views(policy, rng, images, scores, num_views):
+  """`num_views` independent masks per image, stacked view-major: ([V * B, K], [V * B, K])."""
+  keeps = [policy(key, images, scores) for key in jax.random.split(rng, num_views)]
+  if keeps[0] is None:
+    return None, None
+  keep_idx = jnp.concatenate([k[0] for k in keeps])
+  valid = None if keeps[0][1] is None else jnp.concatenate([k[1] for k in keeps])
+  return keep_idx, valid
+
+
+def kept_fraction(policy, keep_idx, valid, rows):
+  """Fraction of the patch grid each image (view) actually encodes, [rows]."""
+  if keep_idx is None:
+    return jnp.ones((rows,))
+  if valid is None:
+    return jnp.full((rows,), keep_idx.shape[1] / policy.num_patches)
+  return valid.sum(axis=1) / policy.num_patches
+
+
+def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
+               objective: Objective = Objective()):
   rng = jax.random.fold_in(rng, state.step)
-  keep = policy(rng, batch['image'])
-  keep_idx, valid = keep if keep is not None else (None, None)
+  images, tokens = batch['image'], batch['tokens']
+  views, batch_size = objective.num_views, images.shape[0]
+  teacher_features = scores = None
+  if objective.use_teacher:
+    teacher_features, scores = teacher_forward(model, state.ema_params, images)
+  keep_idx, valid = sample_views(policy, rng, images, scores, views)
+  view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
 
   def loss_fn(params):
-    zimg, ztxt, logit_scale = model.apply({'params': params}, batch['image'],
-                                          batch['tokens'], keep_idx, valid)
-    return clip.contrastive_loss(zimg, ztxt, logit_scale), logit_scale
+    def apply(*args, method):
+      return model.apply({'params': params}, *args, method=method)
 
-  (loss, logit_scale), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    features = apply(view_images, keep_idx, valid, method=clip.CLIP.image_features)
+    ztxt = apply(tokens, method=clip.CLIP.encode_text)
+    logit_scale = apply(method=clip.CLIP.logit_scale)
+    zimg = clip.l2_normalize(features).reshape(views, batch_size, -1)
+    contrastive = jnp.mean(jnp.stack([clip.contrastive_loss(zimg[v], ztxt, logit_scale)
+                                      for v in range(views)]))
+    terms = {'contrastive_loss': contrastive}
+    if objective.distill_weight > 0:
+      target = clip.Head(model.head_dim, model.image.dtype).apply(
+          {'params': state.ema_params['projector']}, teacher_features)
+      predicted = apply(features, method=clip.CLIP.predict)
+      terms['distill_loss'] = clip.distillation_loss(predicted, jnp.tile(target, (views, 1)))
+    if objective.simclr_weight > 0:
+      projected = apply(features, method=clip.CLIP.project).reshape(views, batch_size, -1)
+      terms['simclr_loss'] = clip.simclr_loss(projected[0], projected[1],
+                                              objective.simclr_temperature)
+    total = (contrastive + objective.distill_weight * terms.get('distill_loss', 0.0)
+             + objective.simclr_weight * terms.get('simclr_loss', 0.0))
+    return total, (terms, logit_scale)
+
+  (loss, (terms, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads)
-  kept = policy.num_keep if valid is None else valid.sum(axis=1).mean()
+  if objective.use_teacher:
+    momentum = objective.momentum(state.step)
+    state = state.replace(ema_params=jax.tree.map(
+        lambda ema, online: momentum * ema + (1 - momentum) * online, state.ema_params,
+        teacher_part(state.params)))
+  fraction = kept_fraction(policy, keep_idx, valid, views * batch_size)
   metrics = {
       'train_loss': loss,
       'learning_rate': schedule(state.step - 1),
       'temperature': jnp.exp(-logit_scale),
-      'kept_patches': jnp.asarray(kept, jnp.float32),
+      'kept_patches': fraction.mean() * policy.num_patches,
+      'kept_fraction_mean': fraction.mean(),
+      'kept_fraction_min': fraction.min(),
+      'kept_fraction_max': fraction.max(),
       'grad_norm': optax.tree.norm(grads),
       'skipped_records': batch['skipped'].sum(),
+      **terms,
   }
   return state, metrics
 
@@ -123,8 +221,9 @@ def encode_text_step(params, tokens, *, model):
   return model.apply({'params': params}, tokens, method=clip.CLIP.encode_text)
 
 
-def eval_step(params, batch, classifier, rng, *, model, policy, top_k):
-  keep = policy(rng, batch['image'])
+def eval_step(params, ema_params, batch, classifier, rng, *, model, policy, top_k):
+  scores = teacher_forward(model, ema_params, batch['image'])[1] if policy.needs_scores else None
+  keep = policy(rng, batch['image'], scores)
   keep_idx, valid = keep if keep is not None else (None, None)
   zimg = model.apply({'params': params}, batch['image'], keep_idx, valid,
                      method=clip.CLIP.encode_image)
@@ -157,8 +256,9 @@ class ZeroShotEvaluator:
     self._eval_step = jax.jit(
         functools.partial(eval_step, model=model, policy=policy,
                           top_k=min(5, len(self.data.classnames))),
-        in_shardings=(repl, batch_sh, repl, repl), out_shardings=repl)
+        in_shardings=(repl, repl, batch_sh, repl, repl), out_shardings=repl)
     self.masked = policy.name != 'none'
+    self.needs_teacher = policy.needs_scores
 
   def classifier(self, params):
     chunk = self.config.eval_batch_size
@@ -171,15 +271,31 @@ class ZeroShotEvaluator:
     ztxt = ztxt.reshape(len(self.data.classnames), self.num_templates, -1)
     return clip.l2_normalize(clip.l2_normalize(ztxt).mean(axis=1))
 
-  def __call__(self, params, rng) -> Dict[str, float]:
+  def __call__(self, state: TrainState, rng) -> Dict[str, float]:
+    """Top-1 and top-5 of state.params (masked inference reads the EMA teacher if needed)."""
+    params = state.params
+    ema_params = state.ema_params if self.needs_teacher else None
     classifier = self.classifier(params)
     totals = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
     for i, batch in enumerate(self.data.dataset.as_numpy_iterator()):
-      sums = self._eval_step(params, partitioning.global_batch(self.mesh, batch), classifier,
-                             jax.random.fold_in(rng, i))
+      sums = self._eval_step(params, ema_params, partitioning.global_batch(self.mesh, batch),
+                             classifier, jax.random.fold_in(rng, i))
       totals = {k: totals[k] + float(sums[k]) for k in totals}
     count = max(totals['count'], 1.0)
     return {'zeroshot_top1': totals['top1'] / count, 'zeroshot_top5': totals['top5'] / count}
+
+
+def example_grid(model, policy, state: TrainState, images, rng):
+  """Training images with the patches `policy` drops greyed out, as one uint8 picture."""
+  from masking import visualize  # pylint: disable=g-import-not-at-top
+  scores = None
+  if policy.needs_scores:
+    local = jax.tree.map(lambda x: x.addressable_data(0), state.ema_params)
+    scores = teacher_forward(model, local, jnp.asarray(images))[1]
+  keep = policy(rng, jnp.asarray(images), scores)
+  kept = (np.ones((len(images), policy.num_patches), bool) if keep is None
+          else visualize.keep_mask(*keep, policy.num_patches))
+  return visualize.masked_grid(images, kept, policy.grid_hw)
 
 
 # --- Checkpoints -------------------------------------------------------------------------------
@@ -190,34 +306,37 @@ def checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
       options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
 
 
+CHECKPOINT_ITEMS = ('params', 'opt_state', 'ema_params')
+
+
 def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
-  manager.save(int(state.step), args=ocp.args.Composite(
-      params=ocp.args.StandardSave(state.params),
-      opt_state=ocp.args.StandardSave(state.opt_state)))
+  items = {name: ocp.args.StandardSave(getattr(state, name)) for name in CHECKPOINT_ITEMS
+           if getattr(state, name) is not None}
+  manager.save(int(state.step), args=ocp.args.Composite(**items))
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int):
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract.params),
-      opt_state=ocp.args.StandardRestore(abstract.opt_state)))
+  items = {name: ocp.args.StandardRestore(getattr(abstract, name)) for name in CHECKPOINT_ITEMS
+           if getattr(state, name) is not None}
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
   return state.replace(step=jax.device_put(np.int32(step), state.step.sharding),
-                       params=restored['params'], opt_state=restored['opt_state'])
+                       **{name: restored[name] for name in items})
 
 
-def _params_dir(path: str) -> str:
+def latest_step_dir(path: str) -> str:
   """`path` may be a run's workdir, its checkpoints/ folder, or one step's folder."""
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'params')):
-    return os.path.join(path, 'params')
+    return path
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     path = os.path.join(path, 'checkpoints')
   if not os.path.isdir(path):
-    raise FileNotFoundError(f'config.pretrain_dir={path!r}: no such directory')
+    raise FileNotFoundError(f'{path!r}: no such checkpoint directory')
   step = ocp.CheckpointManager(path).latest_step()
   if step is None:
-    raise FileNotFoundError(f'config.pretrain_dir={path!r} holds no checkpoint')
-  return os.path.join(path, str(step), 'params')
+    raise FileNotFoundError(f'{path!r} holds no checkpoint')
+  return os.path.join(path, str(step))
 
 
 def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
@@ -233,8 +352,12 @@ def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
 
 def load_pretrained_params(path: str, params):
   """Weights of another run's checkpoint, without its optimiser state, fitted to `params`."""
-  source = traverse_util.flatten_dict(ocp.StandardCheckpointer().restore(_params_dir(path)),
-                                      sep='/')
+  try:
+    step_dir = latest_step_dir(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.pretrain_dir: {e}') from e
+  source = traverse_util.flatten_dict(
+      ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
   target = traverse_util.flatten_dict(params, sep='/')
   if source.keys() != target.keys():
     raise ValueError(
@@ -269,6 +392,26 @@ def _all_finite(pending) -> bool:
   return all(np.isfinite(r['train_loss']) and np.isfinite(r['grad_norm']) for r in rows)
 
 
+def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
+  """Sets masking.threshold so that the first batch's mean masked share is the target.
+
+  Every host must mask with the same threshold, so process 0's value is broadcast.
+  """
+  masking_config = config.model.model_img.masking
+  threshold = masking.calibrate_threshold(
+      rng, jnp.asarray(images), tuple(config.model.model_img.patches.size),
+      masking_config.anchor_ratio, masking_config.target_mask_ratio)
+  threshold = float(multihost_utils.broadcast_one_to_all(np.float32(threshold)))
+  masked = float(masking.cluster_mask(rng, jnp.asarray(images),
+                                      tuple(config.model.model_img.patches.size),
+                                      masking_config.anchor_ratio, threshold).mean())
+  logging.info('Cluster masking: threshold calibrated from %.4f to %.4f (masked share %.3f, '
+               'target %.3f)', masking_config.threshold, threshold, masked,
+               masking_config.target_mask_ratio)
+  masking_config.threshold = threshold
+  return masking.get_policy(config, train=True)
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
@@ -280,8 +423,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   rng = jax.random.PRNGKey(config.seed)
   init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
 
+  objective = objective_of(config, policy)
   evaluator = ZeroShotEvaluator(config, model, mesh, tokenizer) if config.eval_dataset else None
-  state = create_train_state(config, model, init_rng, mesh)
+  state = create_train_state(config, model, init_rng, mesh, objective)
   manager = checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
   resume_from = manager
   if config.resume_dir and manager.latest_step() is None:
@@ -296,13 +440,15 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   elif config.pretrain_dir:
     logging.info('Initialising weights from %s (optimiser state not loaded)',
                  config.pretrain_dir)
-    state = state.replace(params=load_pretrained_params(config.pretrain_dir, state.params))
+    params = load_pretrained_params(config.pretrain_dir, state.params)
+    state = state.replace(params=params, ema_params=(
+        jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None))
   start_step = int(state.step)
 
   total_steps = steps_of(config)['total']
 
   def evaluate(step):
-    scores = evaluator(state.params, eval_rng)
+    scores = evaluator(state, eval_rng)
     writer.write_scalars(step, scores)
     writer.flush()
     logging.info('Zero-shot at step %d%s: top-1 %.4f, top-5 %.4f', step,
@@ -328,10 +474,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       process_count=jax.process_count(),
       seed=laion.host_seed(config.seed, start_step, jax.process_index()))
   batches = dataset.as_numpy_iterator()
+  first_batch = next(batches)
+  if policy.name == 'cluster' and config.model.model_img.masking.calibrate:
+    policy = calibrate_cluster_policy(config, first_batch['image'], init_rng)
+    if evaluator and evaluator.masked:
+      evaluator = ZeroShotEvaluator(config, model, mesh, tokenizer)
+  batches = itertools.chain([first_batch], batches)
+  examples = first_batch['image'][:8]  # shown masked in TensorBoard at each evaluation
   schedule = learning_rate_schedule(config)
   repl, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
   step_fn = jax.jit(functools.partial(train_step, model=model, policy=policy,
-                                      schedule=schedule),
+                                      schedule=schedule, objective=objective),
                     in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
                     donate_argnums=0)
   logging.info('Training %s for steps %d..%d on %d devices (%s masking, %d of %d patches '
@@ -389,6 +542,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                         (is_last and config.eval_at_end)):
         with progress.timed('eval'):
           results.update(evaluate(step))
+          writer.write_images(step, {'masked_examples': example_grid(
+              model, policy, state, examples, eval_rng)[None]})
         window_start = time.time()  # evaluation time is not training throughput
   finally:
     manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way

@@ -34,10 +34,12 @@ FLAGS = flags.FLAGS
 def time_steps(config, steps):
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
   policy = masking.get_policy(config)
+  objective = train.objective_of(config, policy)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
   step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config)),
+                                      schedule=train.learning_rate_schedule(config),
+                                      objective=objective),
                     donate_argnums=0)
   rng = np.random.RandomState(0)
   batch = partitioning.global_batch(mesh, {

@@ -97,6 +97,13 @@ def get_config():
   config.model.clr.tau = 0.07  # initial temperature: logit_scale starts at log(1 / tau)
   config.model.clr.tau_learnable = True
   config.model.clr.max_logit_scale = 100.0  # logit_scale is clipped at log(this)
+  # A-CLIP's auxiliary losses (attentive policy; 0 turns a loss off): online-to-EMA
+  # distillation of a projector + predictor, and SimCLR between the masked views.
+  config.model.aclip = ml_collections.ConfigDict()
+  config.model.aclip.distill_weight = 0.0
+  config.model.aclip.simclr_weight = 0.0
+  config.model.aclip.simclr_temperature = 0.1
+  config.model.aclip.head_dim = 256  # width of the projector and predictor outputs
   # Computation dtype of both towers; parameters always stay float32.
   config.model.dtype = 'float32'  # or 'bfloat16'
   return set_size(config, 'L/16')
@@ -117,10 +124,31 @@ def get_config_img():
   config.transformer.num_layers = 0
   config.transformer.remat_policy = 'none'  # none | minimal | full
   config.masking = ml_collections.ConfigDict()
-  # Which patches are kept: none | random (FLIP).
+  # Which patches are kept: none | random (FLIP) | gaussian (GLIP) | cluster (Masking
+  # Clusters) | attentive (A-CLIP). mask_ratio 0 keeps every patch whatever the policy.
   config.masking.policy = 'random'
   # Mask at evaluation too ("masked inference"); by default evaluation sees every patch.
   config.masking.at_eval = False
+  # Masked views per image, each contrasted with the same caption; losses averaged.
+  config.masking.num_views = 1
+  # gaussian: variance of the centred normal on [-1, 1] grid coordinates (GLIP's sigma).
+  config.masking.sigma = 0.2
+  # cluster: share of patches drawn as anchors, and the similarity (Pearson correlation of
+  # pixels) above which a patch joins an anchor's cluster and is masked.
+  config.masking.anchor_ratio = 0.03
+  config.masking.threshold = 0.5
+  # cluster: at start-up, bisect `threshold` on the first batch so that the mean masked
+  # share is target_mask_ratio (logged).
+  config.masking.calibrate = False
+  config.masking.target_mask_ratio = 0.5
+  # cluster: the encoder sees K = floor(N * (1 - min_mask_ratio)) tokens, padding included.
+  config.masking.min_mask_ratio = 0.3
+  # attentive: pooling block side over the patch grid, and the sampling temperature
+  # (0: hard top-k; > 0: Gumbel top-k, so views differ).
+  config.masking.block = 2
+  config.masking.temperature = 0.0
+  # attentive: EMA teacher momentum, raised from this value to 1 on a cosine over training.
+  config.masking.ema_momentum = 0.996
   return config
 
 

@@ -28,4 +28,7 @@ def get_config():
   config.checkpoint_every_steps = 200
   config.model.model_img.mask_ratio = 0.5
   config.model.model_img.masking.policy = 'random'
+  # Used when the policy is switched to cluster: the demo's flat backgrounds correlate
+  # strongly, so a fixed threshold would mask most of each image.
+  config.model.model_img.masking.calibrate = True
   return config

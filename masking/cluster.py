@@ -5,6 +5,7 @@ product is a Pearson correlation. A few random anchor patches are drawn per imag
 is masked when its similarity to any anchor exceeds `threshold` (the anchors mask
 themselves). How many patches that masks varies per image, so the output has a static K:
 visible patches first, in random order, then masked ones as padding with `valid=False`.
+At least one patch per image stays visible.
 
 Unlike the official release, padding is real key padding (see models/vit.py) and the
 threshold can be calibrated to a target mask ratio (`calibrate_threshold`).
@@ -61,6 +62,9 @@ def cluster_keep(rng, images, patch_size: Sequence[int], num_keep: int,
   scores = jax.random.uniform(order_rng, masked.shape) + (~masked).astype(jnp.float32) * 2
   _, keep_idx = jax.lax.top_k(scores, num_keep)
   valid = ~jnp.take_along_axis(masked, keep_idx, axis=1)
+  # An image whose every patch joined a cluster still shows one, so it is never encoded
+  # from the class token alone.
+  valid = valid.at[:, 0].set(True)
   return keep_idx.astype(jnp.int32), valid
 
 

@@ -1,7 +1,8 @@
 """Chooses a masking policy by name from the config.
 
-A policy maps `(rng, images)` to `(keep_idx, valid)` with static shapes, or to `None` when
-every patch is kept. It is a pure function, safe to call inside `jax.jit`.
+A policy maps `(rng, images, scores)` to `(keep_idx, valid)` with static shapes, or to
+`None` when every patch is kept. It is a pure function, safe to call inside `jax.jit`.
+`scores` (class-token attention of the EMA teacher) is read by the attentive policy only.
 """
 
 import dataclasses
@@ -10,6 +11,9 @@ from typing import Callable, Optional, Tuple
 
 import jax
 
+from masking.attentive import attentive_keep, attentive_num_keep
+from masking.cluster import cluster_keep
+from masking.gaussian import gaussian_keep
 from masking.random import random_keep
 
 Keep = Optional[Tuple[jax.Array, Optional[jax.Array]]]
@@ -27,19 +31,23 @@ class MaskingPolicy:
   name: str
   grid_hw: Tuple[int, int]
   num_keep: int  # tokens the image tower encodes, padding included
-  sample: Callable[[jax.Array, jax.Array], Keep]
+  sample: Callable[..., Keep]
+  needs_scores: bool = False  # reads the EMA teacher's attention (attentive)
 
   @property
   def num_patches(self) -> int:
     return self.grid_hw[0] * self.grid_hw[1]
 
-  def __call__(self, rng, images) -> Keep:
-    return self.sample(rng, images)
+  def __call__(self, rng, images, scores=None) -> Keep:
+    if self.needs_scores and scores is None:
+      raise ValueError(f'the {self.name} policy needs teacher attention scores')
+    return self.sample(rng, images, scores)
 
 
 def _none(masking, mask_ratio, grid_hw, patch_size):
   del masking, mask_ratio, patch_size
-  return MaskingPolicy('none', grid_hw, grid_hw[0] * grid_hw[1], lambda rng, images: None)
+  return MaskingPolicy('none', grid_hw, grid_hw[0] * grid_hw[1],
+                       lambda rng, images, scores: None)
 
 
 def _random(masking, mask_ratio, grid_hw, patch_size):
@@ -47,13 +55,66 @@ def _random(masking, mask_ratio, grid_hw, patch_size):
   n = grid_hw[0] * grid_hw[1]
   k = num_keep(n, mask_ratio)
 
-  def sample(rng, images):
+  def sample(rng, images, scores):
+    del scores
     return random_keep(rng, images.shape[0], n, k), None
 
   return MaskingPolicy('random', grid_hw, k, sample)
 
 
-POLICIES = {'none': _none, 'random': _random}
+def _gaussian(masking, mask_ratio, grid_hw, patch_size):
+  del patch_size
+  k = num_keep(grid_hw[0] * grid_hw[1], mask_ratio)
+  if masking.sigma <= 0:
+    raise ValueError(f'config.model.model_img.masking.sigma={masking.sigma}: must be positive')
+
+  def sample(rng, images, scores):
+    del scores
+    return gaussian_keep(rng, images.shape[0], grid_hw, k, masking.sigma), None
+
+  return MaskingPolicy('gaussian', grid_hw, k, sample)
+
+
+def _cluster(masking, mask_ratio, grid_hw, patch_size):
+  del mask_ratio  # the masked share varies per image; K comes from min_mask_ratio
+  n = grid_hw[0] * grid_hw[1]
+  try:
+    k = num_keep(n, masking.min_mask_ratio)
+  except ValueError as e:
+    raise ValueError(f'config.model.model_img.masking.min_mask_ratio: {e}') from e
+  if not 0.0 < masking.anchor_ratio < 1.0:
+    raise ValueError(f'config.model.model_img.masking.anchor_ratio={masking.anchor_ratio}: '
+                     'expected a fraction in (0, 1)')
+
+  def sample(rng, images, scores):
+    del scores
+    return cluster_keep(rng, images, patch_size, k, masking.anchor_ratio, masking.threshold)
+
+  return MaskingPolicy('cluster', grid_hw, k, sample)
+
+
+def _attentive(masking, mask_ratio, grid_hw, patch_size):
+  del patch_size
+  gh, gw = grid_hw
+  if masking.block < 1 or gh % masking.block or gw % masking.block:
+    raise ValueError(f'config.model.model_img.masking.block={masking.block} does not tile '
+                     f'the {gh}x{gw} patch grid')
+  if masking.temperature < 0:
+    raise ValueError(f'config.model.model_img.masking.temperature={masking.temperature}: '
+                     'must be >= 0')
+  wanted = num_keep(gh * gw, mask_ratio)
+
+  def sample(rng, images, scores):
+    del images
+    return attentive_keep(rng, scores, grid_hw, wanted, masking.block,
+                          masking.temperature), None
+
+  return MaskingPolicy('attentive', grid_hw, attentive_num_keep(wanted, masking.block), sample,
+                       needs_scores=True)
+
+
+POLICIES = {'none': _none, 'random': _random, 'gaussian': _gaussian, 'cluster': _cluster,
+            'attentive': _attentive}
 
 
 def grid_of(config) -> Tuple[int, int]:

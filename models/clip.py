@@ -1,5 +1,7 @@
 """Two towers, L2-normalised embeddings, learnable temperature and the contrastive loss."""
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,21 @@ from models.vit import VisionTower
 
 
 def l2_normalize(x, eps=1e-6):
+  # rsqrt of the squared norm plus eps keeps the gradient finite at x = 0.
   x = x.astype(jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps ** 2)
+
+
+class Head(nn.Module):
+  """Two-layer MLP head (A-CLIP's projector and predictor)."""
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(2 * self.features, dtype=self.dtype, name='hidden')(x)
+    x = nn.gelu(nn.LayerNorm(dtype=self.dtype, name='norm')(x))
+    return nn.Dense(self.features, dtype=self.dtype, name='out')(x)
 
 
 class CLIP(nn.Module):
@@ -21,13 +36,27 @@ class CLIP(nn.Module):
   init_logit_scale: float = float(np.log(1 / 0.07))
   max_logit_scale: float = float(np.log(100.0))
   learn_logit_scale: bool = True
+  head_dim: int = 0  # > 0 adds the projector and predictor of A-CLIP's auxiliary losses
 
   def setup(self):
     self.log_scale = self.param('logit_scale',
                                 nn.initializers.constant(self.init_logit_scale), ())
+    if self.head_dim:
+      self.projector = Head(self.head_dim, self.image.dtype)
+      self.predictor = Head(self.head_dim, self.image.dtype)
 
   def encode_image(self, images, keep_idx=None, valid=None):
     return l2_normalize(self.image(images, keep_idx, valid))
+
+  def image_features(self, images, keep_idx=None, valid=None):
+    """The image tower's output before normalisation, for the auxiliary heads."""
+    return self.image(images, keep_idx, valid)
+
+  def project(self, features):
+    return self.projector(features)
+
+  def predict(self, features):
+    return self.predictor(self.projector(features))
 
   def encode_text(self, tokens):
     return l2_normalize(self.text(tokens))
@@ -40,8 +69,10 @@ class CLIP(nn.Module):
 
   def __call__(self, images, tokens, keep_idx=None, valid=None):
     """Returns (image embeddings [B, E], text embeddings [B, E], logit scale (log))."""
-    return (self.encode_image(images, keep_idx, valid), self.encode_text(tokens),
-            self.logit_scale())
+    features = self.image(images, keep_idx, valid)
+    if self.head_dim and self.is_initializing():
+      self.predict(features)
+    return l2_normalize(features), self.encode_text(tokens), self.logit_scale()
 
 
 def contrastive_loss(zimg, ztxt, logit_scale):
@@ -56,6 +87,22 @@ def contrastive_loss(zimg, ztxt, logit_scale):
   return (img_to_txt.mean() + txt_to_img.mean()) / 2
 
 
+def simclr_loss(z1, z2, temperature):
+  """NT-Xent between two views: each embedding's positive is its other view, among 2B - 1."""
+  z = l2_normalize(jnp.concatenate([z1, z2]))
+  n = z1.shape[0]
+  logits = z @ z.T / temperature
+  logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
+  labels = jnp.concatenate([jnp.arange(n, 2 * n), jnp.arange(n)])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def distillation_loss(predicted, target):
+  """BYOL's 2 - 2 cos between online predictions and (stopped) EMA targets."""
+  cosine = jnp.sum(l2_normalize(predicted) * l2_normalize(jax.lax.stop_gradient(target)), -1)
+  return jnp.mean(2 - 2 * cosine)
+
+
 def from_config(config) -> CLIP:
   """Builds the model from a full run config (see configs/default.py)."""
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(config.model.dtype)
@@ -63,6 +110,8 @@ def from_config(config) -> CLIP:
     raise ValueError(f"config.model.dtype={config.model.dtype!r}: expected 'float32' or "
                      "'bfloat16'")
   img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
+  aclip = config.model.aclip
+  head_dim = aclip.head_dim if aclip.distill_weight > 0 or aclip.simclr_weight > 0 else 0
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
       num_layers=img.transformer.num_layers, num_heads=img.transformer.num_heads,
@@ -75,5 +124,5 @@ def from_config(config) -> CLIP:
       remat_policy=txt.transformer.remat_policy, dtype=dtype)
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / clr.tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),
-              learn_logit_scale=clr.tau_learnable)
+              learn_logit_scale=clr.tau_learnable, head_dim=head_dim)
 

@@ -25,9 +25,14 @@ def logical(init, names):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with optional key padding."""
+  """Multi-head self-attention with optional key padding.
+
+  With `cls_attention`, also returns the attention of token 0 (the class token) to every
+  other token, averaged over heads: [B, L - 1].
+  """
   num_heads: int
   dtype: Dtype = jnp.float32
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x, key_mask: Optional[jax.Array] = None):
@@ -50,10 +55,13 @@ class Attention(nn.Module):
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    return nn.DenseGeneral(
+    out = nn.DenseGeneral(
         width, axis=(-2, -1), dtype=self.dtype, name='out',
         kernel_init=logical(init, ('heads', 'kv', 'embed')),
         bias_init=logical(nn.initializers.zeros, ('embed',)))(out)
+    if self.cls_attention:
+      return out, weights[:, :, 0, 1:].astype(jnp.float32).mean(axis=1)
+    return out
 
 
 class MlpBlock(nn.Module):
@@ -83,22 +91,31 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x, key_mask=None):
-    x = x + Attention(self.num_heads, self.dtype, name='attention')(
+    attended = Attention(self.num_heads, self.dtype, self.cls_attention, name='attention')(
         layer_norm(self.dtype, 'norm_attention')(x), key_mask)
-    return x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(
-        layer_norm(self.dtype, 'norm_mlp')(x))
+    if self.cls_attention:
+      attended, cls_weights = attended
+    x = x + attended
+    x = x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
+    return (x, cls_weights) if self.cls_attention else x
 
 
 class Encoder(nn.Module):
-  """A stack of pre-LN blocks followed by a final LayerNorm."""
+  """A stack of pre-LN blocks followed by a final LayerNorm.
+
+  With `cls_attention`, also returns the class token's attention to the other tokens,
+  averaged over heads and layers; a running sum, so no layer's map is kept.
+  """
   num_layers: int
   num_heads: int
   mlp_dim: int
   remat_policy: str = 'none'
   dtype: Dtype = jnp.float32
+  cls_attention: bool = False
 
   @nn.compact
   def __call__(self, x, key_mask=None):
@@ -108,6 +125,12 @@ class Encoder(nn.Module):
     block = EncoderBlock
     if self.remat_policy != 'none':
       block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy])
+    total = 0.0
     for i in range(self.num_layers):
-      x = block(self.num_heads, self.mlp_dim, self.dtype, name=f'block_{i:02d}')(x, key_mask)
-    return layer_norm(self.dtype, 'norm_out')(x)
+      x = block(self.num_heads, self.mlp_dim, self.dtype, self.cls_attention,
+                name=f'block_{i:02d}')(x, key_mask)
+      if self.cls_attention:
+        x, cls_weights = x
+        total = total + cls_weights
+    x = layer_norm(self.dtype, 'norm_out')(x)
+    return (x, total / self.num_layers) if self.cls_attention else x

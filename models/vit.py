@@ -58,7 +58,9 @@ class VisionTower(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, images, keep_idx=None, valid=None):
+  def __call__(self, images, keep_idx=None, valid=None, cls_attention=False):
+    """Embeddings [B, E]; with `cls_attention`, also the class token's attention to each
+    encoded patch [B, K] (to every patch in row-major order when keep_idx is None)."""
     x = nn.Conv(self.hidden_size, tuple(self.patch_size), strides=tuple(self.patch_size),
                 padding='VALID', dtype=self.dtype, name='patch_embedding',
                 kernel_init=logical(nn.initializers.lecun_normal(),
@@ -82,8 +84,11 @@ class VisionTower(nn.Module):
     if valid is not None:
       key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                name='encoder')(x, key_mask)
+                cls_attention, name='encoder')(x, key_mask)
+    if cls_attention:
+      x, attention = x
     pooled = masked_mean(x[:, 1:], valid)
-    return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
+    embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
                     kernel_init=logical(nn.initializers.lecun_normal(),
                                         ('embed', 'joint')))(pooled)
+    return (embedding, attention) if cls_attention else embedding

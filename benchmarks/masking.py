@@ -1,0 +1,119 @@
+"""Cost of each masking policy relative to unmasked training, measured in one run.
+
+  python -m benchmarks.masking [--sizes=tiny,b16] [--batch_size=32] [--steps=5]
+
+For each model size: the median train-step time with no masking, then for each policy at
+50% masking its median step time (`step_ratio` = policy step / unmasked step) and the
+median time of its sampler alone (`sampler_share` = sampler / policy step). The attentive
+policy's step includes the EMA teacher's forward pass (1 view); `teacher_share` is that
+forward pass's share of the step. The last line printed is one JSON object.
+"""
+
+import functools
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+
+import masking
+import partitioning
+import train
+from configs import default, tiny
+from models import clip
+
+flags.DEFINE_list('sizes', ['tiny', 'b16'], 'Model sizes: tiny (configs/tiny.py) and/or b16.')
+flags.DEFINE_list('policies', ['random', 'gaussian', 'cluster', 'attentive'], 'Policies.')
+flags.DEFINE_integer('batch_size', 32, 'Batch size.')
+flags.DEFINE_integer('steps', 5, 'Timed train steps per measurement (after 2 warm-up steps).')
+FLAGS = flags.FLAGS
+
+
+def size_config(size):
+  if size == 'tiny':
+    return tiny.get_config()
+  if size == 'b16':
+    config = default.get_config()
+    default.set_size(config, 'B/16')
+    return config
+  raise ValueError(f'--sizes: unknown size {size!r}; expected tiny or b16')
+
+
+def median_seconds(fn, repeats):
+  jax.block_until_ready(fn())
+  jax.block_until_ready(fn())
+  seconds = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    seconds.append(time.perf_counter() - start)
+  return float(np.median(seconds))
+
+
+def measure(config, policy_name, mask_ratio, batch, repeats):
+  """(step seconds, sampler seconds, teacher seconds or None) for one policy."""
+  config = config.copy_and_resolve_references()
+  config.model.model_img.mask_ratio = mask_ratio
+  config.model.model_img.masking.policy = policy_name
+  mesh = partitioning.make_mesh(config)
+  model = clip.from_config(config)
+  policy = masking.get_policy(config)
+  objective = train.objective_of(config, policy)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
+                                      schedule=train.learning_rate_schedule(config),
+                                      objective=objective))
+  key = jax.random.PRNGKey(1)
+  holder = {'state': state}
+
+  def one_step():
+    holder['state'], metrics = step_fn(holder['state'], batch, key)
+    return metrics
+
+  step = median_seconds(one_step, repeats)
+  scores = teacher = None
+  if policy.needs_scores:
+    teacher_fn = jax.jit(functools.partial(train.teacher_forward, model))
+    teacher = median_seconds(lambda: teacher_fn(state.ema_params, batch['image']), repeats)
+    scores = teacher_fn(state.ema_params, batch['image'])[1]
+  sampler_fn = jax.jit(policy.__call__)
+  sampler = median_seconds(lambda: sampler_fn(key, batch['image'], scores), repeats)
+  return step, sampler, teacher
+
+
+def main(argv):
+  del argv
+  results = {}
+  for size in FLAGS.sizes:
+    config = size_config(size)
+    config.batch_size = FLAGS.batch_size
+    rng = np.random.RandomState(0)
+    mesh = partitioning.make_mesh(config)
+    batch = partitioning.global_batch(mesh, {
+        # Smooth random images: cluster masking needs some spatial structure to group.
+        'image': np.repeat(np.repeat(rng.normal(size=(
+            config.batch_size, config.image_size // 4, config.image_size // 4, 3)), 4, 1), 4,
+            2).astype(np.float32),
+        'tokens': rng.randint(1, 30000, size=(config.batch_size, config.aug.txt.max_len)
+                              ).astype(np.int32),
+        'skipped': np.zeros(config.batch_size, np.int32)})
+    unmasked, _, _ = measure(config, 'none', 0.0, batch, FLAGS.steps)
+    row = {'unmasked_step_seconds': unmasked}
+    for name in FLAGS.policies:
+      step, sampler, teacher = measure(config, name, 0.5, batch, FLAGS.steps)
+      row[name] = {'step_ratio': step / unmasked, 'sampler_share': sampler / step,
+                   'step_seconds': step}
+      if teacher is not None:
+        row[name]['teacher_share'] = teacher / step
+      print(size, name, json.dumps(row[name]), flush=True)
+    results[size] = row
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  app.run(main)

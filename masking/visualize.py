@@ -1,0 +1,157 @@
+"""Pictures of what each masking policy keeps.
+
+  python -m masking.visualize --config=configs/tiny.py --out=DIR [--checkpoint=WORKDIR]
+
+Writes, per policy, `keep_frequency_POLICY.png` (how often each grid position is kept over
+many draws, as a heat map on the patch grid) and `examples_POLICY.png` (demo images with the
+masked patches greyed out), plus `gaussian_sigma_S.png` for GLIP's sigmas 0.1, 0.2 and 0.8.
+The attentive policy scores patches with the EMA teacher of --checkpoint when given, else
+with a freshly initialised image tower.
+"""
+
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+from ml_collections import config_flags
+from PIL import Image, ImageDraw
+
+import masking
+from input_pipeline import augment
+
+POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
+# Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
+RAMP = np.array([[20, 30, 90], [30, 140, 140], [250, 230, 60]], np.float32)
+
+
+def keep_mask(keep_idx, valid, num_patches):
+  """bool [B, N]: True where a patch is encoded (kept and valid)."""
+  keep_idx = np.asarray(keep_idx)
+  valid = np.ones(keep_idx.shape, bool) if valid is None else np.asarray(valid)
+  kept = np.zeros((keep_idx.shape[0], num_patches), bool)
+  np.put_along_axis(kept, keep_idx, valid, axis=1)
+  return kept
+
+
+def masked_grid(images, kept, grid_hw, columns=4):
+  """Normalised images [B, H, W, 3] with dropped patches greyed -> one uint8 picture."""
+  images = np.asarray(images, np.float32) * np.array(augment.STDDEV_RGB) + np.array(
+      augment.MEAN_RGB)
+  images = np.clip(images * 255, 0, 255)
+  batch, height, width, _ = images.shape
+  gh, gw = grid_hw
+  mask = kept.reshape(batch, gh, gw).repeat(height // gh, 1).repeat(width // gw, 2)
+  images = np.where(mask[..., None], images, 0.3 * images + 0.7 * 128).astype(np.uint8)
+  rows = -(-batch // columns)
+  canvas = np.full((rows * (height + 2), columns * (width + 2), 3), 255, np.uint8)
+  for i, image in enumerate(images):
+    r, c = divmod(i, columns)
+    canvas[r * (height + 2):r * (height + 2) + height,
+           c * (width + 2):c * (width + 2) + width] = image
+  return canvas
+
+
+def heat_map(frequency, grid_hw, title, cell=24):
+  """Keep frequency per position [N] in [0, 1] -> a labelled RGB picture."""
+  values = np.clip(np.asarray(frequency).reshape(grid_hw), 0, 1)
+  position = values * (len(RAMP) - 1)
+  low = np.floor(position).astype(int).clip(0, len(RAMP) - 2)
+  colours = RAMP[low] + (position - low)[..., None] * (RAMP[low + 1] - RAMP[low])
+  pixels = colours.repeat(cell, 0).repeat(cell, 1).astype(np.uint8)
+  picture = Image.new('RGB', (pixels.shape[1], pixels.shape[0] + 16), 'white')
+  picture.paste(Image.fromarray(pixels), (0, 16))
+  ImageDraw.Draw(picture).text((2, 2), title, fill='black')
+  return picture
+
+
+def policy_config(config, name):
+  config = config.copy_and_resolve_references()
+  config.model.model_img.masking.policy = name
+  return config
+
+
+def sample_kept(config, name, rng, images, scores):
+  policy = masking.get_policy(policy_config(config, name))
+  keep = jax.jit(policy.__call__)(rng, images, scores)
+  if keep is None:
+    return np.ones((images.shape[0], policy.num_patches), bool)
+  return keep_mask(*keep, policy.num_patches)
+
+
+def teacher_scores(config, images, checkpoint):
+  """Class-token attention of the EMA teacher (or of a fresh image tower)."""
+  from models import clip  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  from flax import linen as nn  # pylint: disable=g-import-not-at-top
+  attentive = policy_config(config, 'attentive')
+  model = clip.from_config(attentive)
+  image_params = nn.unbox(model.image.init(jax.random.PRNGKey(0), images[:1]))['params']
+  if checkpoint:
+    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+    step_dir = train.latest_step_dir(checkpoint)
+    item = 'ema_params' if os.path.isdir(os.path.join(step_dir, 'ema_params')) else 'params'
+    image_params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, item))['image']
+  _, scores = model.image.apply({'params': image_params}, images, cls_attention=True)
+  return scores
+
+
+def demo_images(config, count):
+  from input_pipeline import laion, tokenizer  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  config.batch_size = count
+  shards = laion.list_shards(config.laion_path)
+  dataset = laion.train_dataset(config, tokenizer.BertTokenizer(config.aug.txt.max_len),
+                                shards, seed=config.seed)
+  return jnp.asarray(next(dataset.as_numpy_iterator())['image'])
+
+
+def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
+  os.makedirs(out_dir, exist_ok=True)
+  grid_hw = masking.grid_of(config)
+  images = demo_images(config, examples)
+  pool = jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws]
+  scores = teacher_scores(config, pool, checkpoint)
+  cluster = config.model.model_img.masking
+  if cluster.calibrate:
+    config = config.copy_and_resolve_references()
+    config.model.model_img.masking.threshold = masking.calibrate_threshold(
+        jax.random.PRNGKey(2), pool, tuple(config.model.model_img.patches.size),
+        cluster.anchor_ratio, cluster.target_mask_ratio)
+  written = []
+  for i, name in enumerate(POLICY_NAMES):
+    rng = jax.random.PRNGKey(i)
+    kept = sample_kept(config, name, rng, pool, scores)
+    path = os.path.join(out_dir, f'keep_frequency_{name}.png')
+    heat_map(kept.mean(0), grid_hw, f'{name}: kept {kept.mean():.2f}').save(path)
+    path_examples = os.path.join(out_dir, f'examples_{name}.png')
+    Image.fromarray(masked_grid(images, kept[:examples], grid_hw)).save(path_examples)
+    written += [path, path_examples]
+  for sigma in (0.1, 0.2, 0.8):
+    keep_idx = masking.gaussian_keep(jax.random.PRNGKey(7), 4000, (14, 14), 98, sigma)
+    path = os.path.join(out_dir, f'gaussian_sigma_{sigma}.png')
+    heat_map(keep_mask(keep_idx, None, 196).mean(0), (14, 14),
+             f'sigma {sigma}, 50% of 14x14', cell=12).save(path)
+    written.append(path)
+  return written
+
+
+def main(argv):
+  del argv
+  for path in write_pictures(FLAGS.config, FLAGS.out, draws=FLAGS.draws,
+                             checkpoint=FLAGS.checkpoint):
+    print(path)
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
+  flags.DEFINE_string('out', 'masking_pictures', 'Output directory.')
+  flags.DEFINE_integer('draws', 512, 'Masks drawn per policy for the keep frequencies.')
+  flags.DEFINE_string('checkpoint', None, 'A run (workdir or checkpoint folder) whose EMA '
+                      'teacher scores patches for the attentive policy.')
+  FLAGS = flags.FLAGS
+  app.run(main)
