@@ -1,6 +1,7 @@
 """Start-up checks of a run config: each failure names the field and what was expected."""
 
 import masking
+import partitioning
 from input_pipeline import zeroshot
 
 
@@ -49,5 +50,13 @@ def check(config):
   _require(0.0 <= img.masking.ema_momentum <= 1.0,
            f'config.model.model_img.masking.ema_momentum={img.masking.ema_momentum}: expected '
            'a value in [0, 1]')
+  _require(config.grad_accum_steps >= 1 and config.batch_size % config.grad_accum_steps == 0,
+           f'config.grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide '
+           f'config.batch_size={config.batch_size}')
+  chunk = config.model.clr.loss_chunk
+  _require(chunk >= 0 and (chunk == 0 or config.batch_size % chunk == 0),
+           f'config.model.clr.loss_chunk={chunk} must be 0 (off) or divide '
+           f'config.batch_size={config.batch_size}')
+  partitioning.logical_rules(config)  # a known strategy
   if config.eval_dataset:
     zeroshot.templates(config.eval_templates)

@@ -25,7 +25,19 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard eve
                     'metrics.jsonl.')
 config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); override any '
                                 'field with --config.FIELD=VALUE.', lock_config=True)
+flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (one process per '
+                  'host). Default: when the environment shows several hosts (a TPU pod '
+                  'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).')
 flags.mark_flags_as_required(['workdir', 'config'])
+
+
+def launched_on_several_hosts(env=os.environ) -> bool:
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    return True
+  if len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h]) > 1:
+    return True
+  return any(int(env.get(name, '1') or '1') > 1 for name in ('SLURM_NTASKS',
+                                                              'OMPI_COMM_WORLD_SIZE'))
 
 
 class _QuietCheckpointing(std_logging.Filter):
@@ -49,6 +61,16 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietCheckpointing())
+  distributed = FLAGS.distributed
+  if distributed is None:
+    distributed = launched_on_several_hosts()
+  if distributed:
+    # TPU pods, SLURM and Open MPI describe themselves; other hosts name the coordinator in
+    # JAX_COORDINATOR_ADDRESS and themselves in JAX_NUM_PROCESSES / JAX_PROCESS_ID.
+    jax.distributed.initialize(**{
+        arg: int(os.environ[name]) for arg, name in (('num_processes', 'JAX_NUM_PROCESSES'),
+                                                     ('process_id', 'JAX_PROCESS_ID'))
+        if name in os.environ})
   # TensorFlow only feeds data: keep it off the accelerators that JAX owns.
   tf.config.set_visible_devices([], 'GPU')
   tf.config.set_visible_devices([], 'TPU')

@@ -1,11 +1,33 @@
 """The device mesh and how arrays are placed on it.
 
-Axes: `data` (the batch is split over it) and `model` (`partitioning.num_partitions` devices).
+Axes: `data` (the batch is split over it) and `model` (`partitioning.num_partitions`
+devices, tensor parallel over attention heads and MLP width). Parameters carry logical axis
+names (models/transformer.py); a short rules list maps them to mesh axes:
+
+  dp    weights and optimiser state replicated over `data`
+  fsdp  weights and optimiser state sharded over `data` along their `embed` axis (ZeRO-3)
+
+With num_partitions > 1 either strategy also splits heads and MLP width over `model`.
 """
 
+import flax.linen as nn
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+STRATEGIES = ('dp', 'fsdp')
+
+
+def logical_rules(config):
+  """(logical axis, mesh axis) pairs for the configured strategy."""
+  strategy = config.partitioning.strategy
+  if strategy not in STRATEGIES:
+    raise ValueError(f'config.partitioning.strategy={strategy!r}: expected one of '
+                     f'{STRATEGIES}')
+  rules = [tuple(rule) for rule in config.partitioning.rules]
+  if strategy == 'fsdp':
+    rules = [('embed', 'data')] + [r for r in rules if r[0] != 'embed']
+  return rules
 
 
 def make_mesh(config, devices=None) -> Mesh:
@@ -22,12 +44,32 @@ def make_mesh(config, devices=None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(data, model), ('data', 'model'))
 
 
+def check_divisibility(config, mesh: Mesh):
+  """Model dimensions split over `model` (and `data` under FSDP) must divide evenly."""
+  model_size, data_size = mesh.shape['model'], mesh.shape['data']
+  for tower in ('model_img', 'model_txt'):
+    cfg = config.model[tower]
+    for field, value in (('transformer.num_heads', cfg.transformer.num_heads),
+                         ('transformer.mlp_dim', cfg.transformer.mlp_dim)):
+      if value % model_size:
+        raise ValueError(f'config.model.{tower}.{field}={value} does not divide over the '
+                         f'{model_size} devices of the model axis')
+    if config.partitioning.strategy == 'fsdp' and cfg.hidden_size % data_size:
+      raise ValueError(f'config.model.{tower}.hidden_size={cfg.hidden_size} does not divide '
+                       f'over the {data_size} devices of the data axis (fsdp)')
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P('data'))
+
+
+def param_shardings(logical_specs, mesh: Mesh, rules):
+  """Logical PartitionSpecs (nn.get_partition_spec of boxed params) -> NamedShardings."""
+  return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)
 
 
 def global_batch(mesh: Mesh, local_batch):

@@ -50,6 +50,8 @@ class Objective:
   distill_weight: float = 0.0
   simclr_weight: float = 0.0
   simclr_temperature: float = 0.1
+  accum_steps: int = 1  # micro-batches per step (exact contrastive loss, see train_step)
+  loss_chunk: int = 0  # rows of the logits matrix formed at a time (0: all)
 
   def momentum(self, step):
     """Cosine schedule of the EMA momentum from ema_momentum at step 0 to 1 at the end."""
@@ -64,7 +66,8 @@ def objective_of(config, policy) -> Objective:
       use_teacher=policy.needs_scores or aclip.distill_weight > 0,
       ema_momentum=config.model.model_img.masking.ema_momentum,
       total_steps=steps_of(config)['total'], distill_weight=aclip.distill_weight,
-      simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature)
+      simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature,
+      accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk)
 
 
 def teacher_part(params):
@@ -119,8 +122,24 @@ def dummy_inputs(config):
           jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
 
 
+def state_shardings(config, model, mesh, objective: Objective, tx):
+  """NamedShardings of every TrainState leaf, from the parameters' logical axis names."""
+  boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
+                         jax.random.PRNGKey(0))['params']
+  params = partitioning.param_shardings(nn.get_partition_spec(boxed), mesh,
+                                        partitioning.logical_rules(config))
+  repl = partitioning.replicated(mesh)
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
+                                    jax.eval_shape(tx.init, nn.unbox(boxed)), params,
+                                    transform_non_params=lambda _: repl)
+  return TrainState(step=repl, apply_fn=model.apply, params=params, tx=tx,
+                    opt_state=opt_state,
+                    ema_params=teacher_part(params) if objective.use_teacher else None)
+
+
 def create_train_state(config, model, rng, mesh,
                        objective: Objective = Objective()) -> TrainState:
+  """A new state, each array already placed on the mesh as the sharding rules say."""
   tx = make_optimizer(config)
 
   def init(rng):
@@ -128,7 +147,12 @@ def create_train_state(config, model, rng, mesh,
     ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
 
-  return jax.jit(init, out_shardings=partitioning.replicated(mesh))(rng)
+  shardings = state_shardings(config, model, mesh, objective, tx)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def shardings_of(state: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: x.sharding, state)
 
 
 # --- Steps -------------------------------------------------------------------------------------
@@ -168,33 +192,53 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
   if objective.use_teacher:
     teacher_features, scores = teacher_forward(model, state.ema_params, images)
   keep_idx, valid = sample_views(policy, rng, images, scores, views)
-  view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
 
-  def loss_fn(params):
+  def towers(params, images, keep_idx, valid, tokens):
+    """Image features [V, b, E] of every view and text embeddings [b, E] of b examples."""
+    rows = images.shape[0]
+    view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
+    flat = lambda x: None if x is None else x.reshape(views * rows, -1)
+    features = model.apply({'params': params}, view_images, flat(keep_idx), flat(valid),
+                           method=clip.CLIP.image_features)
+    ztxt = model.apply({'params': params}, tokens, method=clip.CLIP.encode_text)
+    return features.reshape(views, rows, -1), ztxt
+
+  def objective_loss(params, features, ztxt):
+    """The loss given every embedding; reads only the heads and the logit scale."""
     def apply(*args, method):
       return model.apply({'params': params}, *args, method=method)
 
-    features = apply(view_images, keep_idx, valid, method=clip.CLIP.image_features)
-    ztxt = apply(tokens, method=clip.CLIP.encode_text)
     logit_scale = apply(method=clip.CLIP.logit_scale)
-    zimg = clip.l2_normalize(features).reshape(views, batch_size, -1)
-    contrastive = jnp.mean(jnp.stack([clip.contrastive_loss(zimg[v], ztxt, logit_scale)
-                                      for v in range(views)]))
+    zimg = clip.l2_normalize(features)
+    contrastive = jax.vmap(functools.partial(clip.contrastive_loss,
+                                             chunk=objective.loss_chunk),
+                           in_axes=(0, None, None))(zimg, ztxt, logit_scale).mean()
     terms = {'contrastive_loss': contrastive}
+    flat = features.reshape(views * batch_size, -1)
     if objective.distill_weight > 0:
       target = clip.Head(model.head_dim, model.image.dtype).apply(
           {'params': state.ema_params['projector']}, teacher_features)
-      predicted = apply(features, method=clip.CLIP.predict)
+      predicted = apply(flat, method=clip.CLIP.predict)
       terms['distill_loss'] = clip.distillation_loss(predicted, jnp.tile(target, (views, 1)))
     if objective.simclr_weight > 0:
-      projected = apply(features, method=clip.CLIP.project).reshape(views, batch_size, -1)
+      projected = apply(flat, method=clip.CLIP.project).reshape(views, batch_size, -1)
       terms['simclr_loss'] = clip.simclr_loss(projected[0], projected[1],
                                               objective.simclr_temperature)
     total = (contrastive + objective.distill_weight * terms.get('distill_loss', 0.0)
              + objective.simclr_weight * terms.get('simclr_loss', 0.0))
     return total, (terms, logit_scale)
 
-  (loss, (terms, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  view_major = lambda x: None if x is None else x.reshape(views, batch_size, -1)
+  inputs = (images, view_major(keep_idx), view_major(valid), tokens)
+  if objective.accum_steps == 1:
+    def loss_fn(params):
+      return objective_loss(params, *towers(params, *inputs))
+    (loss, (terms, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+  else:
+    loss, terms, logit_scale, grads = accumulated_gradients(
+        towers, objective_loss, state.params, inputs, objective.accum_steps)
+
   state = state.apply_gradients(grads=grads)
   if objective.use_teacher:
     momentum = objective.momentum(state.step)
@@ -215,6 +259,46 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
       **terms,
   }
   return state, metrics
+
+
+def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
+  """Gradients of the whole-batch loss with one micro-batch's activations alive at a time.
+
+  1. Embed every micro-batch without gradient. 2. Differentiate the loss with respect to
+  the embeddings (and the heads). 3. Re-run each micro-batch and pull its embeddings'
+  gradient back through the towers. The result equals the full-batch gradient, negatives
+  from every micro-batch included.
+  """
+  images, keep_idx, valid, tokens = inputs
+  batch_size = images.shape[0]
+  if batch_size % accum_steps:
+    raise ValueError(f'config.grad_accum_steps={accum_steps} does not divide the batch of '
+                     f'{batch_size}')
+
+  def split(x, axis=0):
+    if x is None:
+      return None
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape(accum_steps, batch_size // accum_steps, *x.shape[1:])
+    return jnp.moveaxis(x, 1, axis + 1)
+
+  micro = (split(images), split(keep_idx, 1), split(valid, 1), split(tokens))
+  frozen = jax.lax.stop_gradient(params)
+  features, ztxt = jax.lax.map(lambda m: towers(frozen, *m), micro)
+  features = jnp.moveaxis(features, 0, 1).reshape(features.shape[1], batch_size, -1)
+  ztxt = ztxt.reshape(batch_size, -1)
+  (loss, (terms, logit_scale)), (head_grads, feature_grads, text_grads) = jax.value_and_grad(
+      objective_loss, argnums=(0, 1, 2), has_aux=True)(params, features, ztxt)
+  cotangents = (split(feature_grads, 1), split(text_grads))
+
+  def pull_back(grads, step):
+    m, (feature_cot, text_cot) = step
+    _, vjp = jax.vjp(lambda p: towers(p, *m), params)
+    return jax.tree.map(jnp.add, grads, vjp((feature_cot, text_cot))[0]), None
+
+  tower_grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params),
+                                (micro, cotangents))
+  return loss, terms, logit_scale, jax.tree.map(jnp.add, head_grads, tower_grads)
 
 
 def encode_text_step(params, tokens, *, model):
@@ -250,13 +334,13 @@ class ZeroShotEvaluator:
     self.prompt_tokens = np.asarray(
         tokenizer(zeroshot.prompts(self.data.classnames, template_set)))
     policy = masking.get_policy(config, train=False)
-    batch_sh, repl = partitioning.batch_sharding(mesh), partitioning.replicated(mesh)
+    repl = partitioning.replicated(mesh)
     self._encode_text = jax.jit(functools.partial(encode_text_step, model=model),
                                 out_shardings=repl)
+    # Inputs keep the shardings they carry: parameters as the rules place them.
     self._eval_step = jax.jit(
         functools.partial(eval_step, model=model, policy=policy,
-                          top_k=min(5, len(self.data.classnames))),
-        in_shardings=(repl, repl, batch_sh, repl, repl), out_shardings=repl)
+                          top_k=min(5, len(self.data.classnames))), out_shardings=repl)
     self.masked = policy.name != 'none'
     self.needs_teacher = policy.needs_scores
 
@@ -285,13 +369,15 @@ class ZeroShotEvaluator:
     return {'zeroshot_top1': totals['top1'] / count, 'zeroshot_top5': totals['top5'] / count}
 
 
-def example_grid(model, policy, state: TrainState, images, rng):
+def example_grid(model, policy, state: TrainState, images, rng, mesh):
   """Training images with the patches `policy` drops greyed out, as one uint8 picture."""
   from masking import visualize  # pylint: disable=g-import-not-at-top
   scores = None
   if policy.needs_scores:
-    local = jax.tree.map(lambda x: x.addressable_data(0), state.ema_params)
-    scores = teacher_forward(model, local, jnp.asarray(images))[1]
+    scores = jax.jit(functools.partial(teacher_forward, model),
+                     out_shardings=partitioning.replicated(mesh))(
+                         state.ema_params, partitioning.replicate(mesh, images))[1]
+    scores = jnp.asarray(scores.addressable_data(0))
   keep = policy(rng, jnp.asarray(images), scores)
   kept = (np.ones((len(images), policy.num_patches), bool) if keep is None
           else visualize.keep_mask(*keep, policy.num_patches))
@@ -416,6 +502,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
   mesh = partitioning.make_mesh(config)
+  partitioning.check_divisibility(config, mesh)
   model = clip.from_config(config)
   tokenizer = tokenizer_lib.BertTokenizer(config.aug.txt.max_len, config.aug.txt.cls_token)
   policy = masking.get_policy(config, train=True)
@@ -483,9 +570,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   examples = first_batch['image'][:8]  # shown masked in TensorBoard at each evaluation
   schedule = learning_rate_schedule(config)
   repl, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
+  state_sh = shardings_of(state)
   step_fn = jax.jit(functools.partial(train_step, model=model, policy=policy,
                                       schedule=schedule, objective=objective),
-                    in_shardings=(repl, batch_sh, repl), out_shardings=(repl, repl),
+                    in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
                     donate_argnums=0)
   logging.info('Training %s for steps %d..%d on %d devices (%s masking, %d of %d patches '
                'kept), shards: %d %s files', workdir, start_step, total_steps,
@@ -543,7 +631,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         with progress.timed('eval'):
           results.update(evaluate(step))
           writer.write_images(step, {'masked_examples': example_grid(
-              model, policy, state, examples, eval_rng)[None]})
+              model, policy, state, examples, eval_rng, mesh)[None]})
         window_start = time.time()  # evaluation time is not training throughput
   finally:
     manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way

@@ -86,7 +86,18 @@ def get_config():
 
   # --- Partitioning -------------------------------------------------------
   config.partitioning = ml_collections.ConfigDict()
-  config.partitioning.num_partitions = 1  # size of the `model` mesh axis
+  # Size of the `model` mesh axis (tensor parallel over heads and MLP width); the other
+  # devices form the `data` axis.
+  config.partitioning.num_partitions = 1
+  # dp: weights and optimiser state replicated over `data`; fsdp: sharded over it (ZeRO-3).
+  config.partitioning.strategy = 'dp'
+  # Logical axis -> mesh axis (None: replicated); fsdp puts `embed` on `data`.
+  config.partitioning.rules = (('embed', None), ('mlp', 'model'), ('heads', 'model'),
+                               ('kv', None), ('vocab', None), ('joint', None))
+  # Split each batch into this many micro-batches whose activations live one at a time.
+  # The contrastive loss stays exact over the whole batch: embeddings are computed first
+  # without gradient, then each micro-batch is re-run with its share of the gradient.
+  config.grad_accum_steps = 1
 
   # --- Model (FLIP's recipe: ViT-L/16 image tower, 12-layer text tower) ---
   config.model = ml_collections.ConfigDict()
@@ -97,6 +108,9 @@ def get_config():
   config.model.clr.tau = 0.07  # initial temperature: logit_scale starts at log(1 / tau)
   config.model.clr.tau_learnable = True
   config.model.clr.max_logit_scale = 100.0  # logit_scale is clipped at log(this)
+  # > 0: form the B x B logits this many rows at a time (must divide batch_size), so that a
+  # huge global batch never materialises them whole.
+  config.model.clr.loss_chunk = 0
   # A-CLIP's auxiliary losses (attentive policy; 0 turns a loss off): online-to-EMA
   # distillation of a projector + predictor, and SimCLR between the masked views.
   config.model.aclip = ml_collections.ConfigDict()

@@ -75,16 +75,34 @@ class CLIP(nn.Module):
     return l2_normalize(features), self.encode_text(tokens), self.logit_scale()
 
 
-def contrastive_loss(zimg, ztxt, logit_scale):
+def contrastive_loss(zimg, ztxt, logit_scale, chunk: int = 0):
   """Symmetric InfoNCE over the whole (global) batch; pairs sit on the diagonal.
 
   Written on global arrays: under a data-sharded batch XLA inserts the gathers itself.
+  With `chunk`, the B x B logits are formed `chunk` rows at a time (and recomputed in the
+  backward pass), so no device holds them whole, as a 64k batch needs.
   """
-  logits = jnp.exp(logit_scale) * zimg @ ztxt.T
-  labels = jnp.arange(logits.shape[0])
-  img_to_txt = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  txt_to_img = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
-  return (img_to_txt.mean() + txt_to_img.mean()) / 2
+  batch = zimg.shape[0]
+  scale = jnp.exp(logit_scale)
+  if not chunk or chunk >= batch:
+    logits = scale * zimg @ ztxt.T
+    labels = jnp.arange(batch)
+    img_to_txt = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    txt_to_img = optax.softmax_cross_entropy_with_integer_labels(logits.T, labels)
+    return (img_to_txt.mean() + txt_to_img.mean()) / 2
+  if batch % chunk:
+    raise ValueError(f'loss chunk {chunk} does not divide the batch of {batch}')
+
+  @jax.checkpoint
+  def row_logsumexp(rows, others):
+    return jax.nn.logsumexp(scale * rows @ others.T, axis=1)
+
+  def all_rows(rows, others):
+    chunks = rows.reshape(batch // chunk, chunk, -1)
+    return jax.lax.map(lambda r: row_logsumexp(r, others), chunks).reshape(batch)
+
+  matched = scale * jnp.sum(zimg * ztxt, axis=-1)
+  return (jnp.mean(all_rows(zimg, ztxt) - matched) + jnp.mean(all_rows(ztxt, zimg) - matched)) / 2
 
 
 def simclr_loss(z1, z2, temperature):

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+import types
 
 import jax
 import numpy as np
@@ -193,3 +194,35 @@ def test_weight_decay_skips_biases_norms_and_embedding_offsets(demo_dir):
   assert not mask['image']['encoder']['norm_out']['scale']
   assert not mask['image']['pos_embedding'] and not mask['image']['cls']
   assert not mask['logit_scale']
+
+
+def test_several_hosts_are_detected_from_the_environment():
+  import main  # pylint: disable=g-import-not-at-top
+  assert not main.launched_on_several_hosts({})
+  assert not main.launched_on_several_hosts({'TPU_WORKER_HOSTNAMES': 'w0'})
+  assert main.launched_on_several_hosts({'TPU_WORKER_HOSTNAMES': 'w0,w1,w2,w3'})
+  assert main.launched_on_several_hosts({'SLURM_NTASKS': '4'})
+  assert main.launched_on_several_hosts({'JAX_COORDINATOR_ADDRESS': 'host0:1234'})
+
+
+@pytest.mark.parametrize('overrides,mesh_shape,message', [
+    ({'partitioning.num_partitions': 3}, {'data': 2, 'model': 3},
+     'model_img.transformer.num_heads=2 does not divide over the 3 devices of the model'),
+    ({'partitioning.strategy': 'fsdp'}, {'data': 5, 'model': 1},
+     'model_img.hidden_size=32 does not divide over the 5 devices of the data axis'),
+])
+def test_model_dimensions_must_divide_over_their_mesh_axis(demo_dir, overrides, mesh_shape,
+                                                          message):
+  mesh = types.SimpleNamespace(shape=mesh_shape)
+  with pytest.raises(ValueError, match=message):
+    partitioning.check_divisibility(micro_config(demo_dir, **overrides), mesh)
+
+
+def test_mesh_larger_than_the_devices_and_unknown_strategy_are_refused(demo_dir):
+  with pytest.raises(ValueError, match='num_partitions=8 does not divide the 4 devices'):
+    partitioning.make_mesh(micro_config(demo_dir, **{'partitioning.num_partitions': 8}),
+                           devices=jax.devices() * 4)
+  with pytest.raises(ValueError, match="strategy='zero2'"):
+    config_checks.check(micro_config(demo_dir, **{'partitioning.strategy': 'zero2'}))
+  with pytest.raises(ValueError, match='grad_accum_steps=3'):
+    config_checks.check(micro_config(demo_dir, grad_accum_steps=3))

@@ -1,0 +1,91 @@
+"""Peak memory and step time of each remat policy, to pick one before launching on a pod.
+
+  python -m benchmarks.memory [--sizes=B/16,L/16] [--batch_size=8] [--remat=none,minimal,full]
+
+Memory comes from the compiled train step's own analysis (arguments + outputs + temporaries
+- aliased buffers, in GiB), for FLIP's recipe at 50% random masking; the step time is the
+median of a few steps on this machine. The last line printed is one JSON object.
+"""
+
+import functools
+import json
+import os
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+
+import masking
+import partitioning
+import train
+from configs import default
+from models import clip
+
+flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.py SIZES.')
+flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
+flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
+flags.DEFINE_integer('steps', 2, 'Timed steps (after one warm-up step).')
+FLAGS = flags.FLAGS
+GIB = 2 ** 30
+
+
+def measure(config, steps):
+  mesh = partitioning.make_mesh(config)
+  model = clip.from_config(config)
+  policy = masking.get_policy(config)
+  objective = train.objective_of(config, policy)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
+  shardings = train.shardings_of(state)
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
+                                      schedule=train.learning_rate_schedule(config),
+                                      objective=objective),
+                    in_shardings=(shardings, partitioning.batch_sharding(mesh),
+                                  partitioning.replicated(mesh)),
+                    out_shardings=(shardings, partitioning.replicated(mesh)),
+                    donate_argnums=0)
+  rng = np.random.RandomState(0)
+  batch = partitioning.global_batch(mesh, {
+      'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size,
+                                3)).astype(np.float32),
+      'tokens': rng.randint(1, 30000, size=(config.batch_size, config.aug.txt.max_len)
+                            ).astype(np.int32),
+      'skipped': np.zeros(config.batch_size, np.int32)})
+  key = jax.random.PRNGKey(1)
+  compiled = step_fn.lower(state, batch, key).compile()
+  memory = compiled.memory_analysis()
+  peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
+          + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
+  state, metrics = compiled(state, batch, key)
+  jax.block_until_ready(metrics)
+  seconds = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    state, metrics = compiled(state, batch, key)
+    jax.block_until_ready(metrics)
+    seconds.append(time.perf_counter() - start)
+  return {'peak_gib': peak / GIB, 'temp_gib': memory.temp_size_in_bytes / GIB,
+          'state_gib': memory.argument_size_in_bytes / GIB,
+          'step_seconds': float(np.median(seconds))}
+
+
+def main(argv):
+  del argv
+  results = {'device': jax.devices()[0].device_kind, 'batch_size': FLAGS.batch_size}
+  for size in FLAGS.sizes:
+    for policy in FLAGS.remat:
+      config = default.get_config()
+      default.set_size(config, size)
+      config.batch_size = FLAGS.batch_size
+      for tower in ('model_img', 'model_txt'):
+        config.model[tower].transformer.remat_policy = policy
+      results.setdefault(size, {})[policy] = measure(config, FLAGS.steps)
+      print(size, policy, json.dumps(results[size][policy]), flush=True)
+  print(json.dumps(results))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,163 @@
+"""Runs in a subprocess with 8 simulated CPU devices (see test_sharding.py); prints JSON.
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharding_check DEMO_DIR
+"""
+
+import functools
+import json
+import os
+import sys
+import tempfile
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import jax  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+import masking
+import partitioning
+import train
+from input_pipeline import laion
+from input_pipeline.tokenizer import BertTokenizer
+from models import clip
+from tests.conftest import micro_config
+
+MESHES = {'one_device': ('dp', 1, 1), 'dp': ('dp', 1, 8), 'fsdp': ('fsdp', 1, 8),
+          'dp_tp': ('dp', 2, 8), 'fsdp_tp': ('fsdp', 2, 8)}
+
+
+def config_for(demo_dir, **overrides):
+  """The micro test model with 4 heads, so that a model axis of 4 divides them."""
+  return micro_config(demo_dir, total_steps=10, warmup_epochs=0.0, learning_rate=0.01,
+                      **{'model.model_img.transformer.num_heads': 4,
+                         'model.model_txt.transformer.num_heads': 4, **overrides})
+
+
+def run(config, devices, batch, steps=2):
+  mesh = partitioning.make_mesh(config, devices)
+  partitioning.check_divisibility(config, mesh)
+  model = clip.from_config(config)
+  policy = masking.get_policy(config)
+  objective = train.objective_of(config, policy)
+  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
+  shardings = train.shardings_of(state)
+  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
+                                      schedule=train.learning_rate_schedule(config),
+                                      objective=objective),
+                    in_shardings=(shardings, partitioning.batch_sharding(mesh),
+                                  partitioning.replicated(mesh)),
+                    out_shardings=(shardings, partitioning.replicated(mesh)))
+  global_batch = partitioning.global_batch(mesh, batch)
+  losses = []
+  for _ in range(steps):
+    state, metrics = step_fn(state, global_batch, jax.random.PRNGKey(1))
+    losses.append(float(metrics['train_loss']))
+  return state, losses, mesh
+
+
+# The attention key bias adds the same amount to every logit of a query, so its gradient is
+# zero up to rounding, and AdamW's first steps (update ~ lr * g / |g|) turn that rounding into
+# steps of up to lr whose sign depends on summation order. It is compared apart.
+KEY_BIAS = "['key']['bias']"
+
+
+def flat_params(state):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_leaves_with_path(state.params)}
+
+
+def max_diff(params, reference, key_bias=False):
+  return max(float(np.max(np.abs(params[k] - reference[k]))) for k in params
+             if (KEY_BIAS in k) == key_bias)
+
+
+def spec_of(state, *path):
+  leaf = state.params
+  for key in path:
+    leaf = leaf[key]
+  return [None if a is None else str(a) for a in leaf.sharding.spec]
+
+
+def optimizer_moment_spec(state):
+  """Sharding of AdamW's first moment of the first image block's MLP kernel."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
+    name = jax.tree_util.keystr(path)
+    if '.mu' in name and "['image']['encoder']['block_00']['mlp']['Dense_0']['kernel']" in name:
+      return [None if a is None else str(a) for a in leaf.sharding.spec]
+  raise KeyError('no first moment of the MLP kernel in the optimiser state')
+
+
+def main(demo_dir):
+  devices = jax.devices()
+  assert len(devices) == 8, devices
+  base = config_for(demo_dir)
+  batch = next(laion.train_dataset(base, BertTokenizer(16), laion.list_shards(
+      base.laion_path), seed=0).as_numpy_iterator())
+  out = {'equivalence': {}, 'specs': {}}
+  reference = None
+  for name, (strategy, partitions, count) in MESHES.items():
+    config = config_for(demo_dir, **{'partitioning.strategy': strategy,
+                                     'partitioning.num_partitions': partitions})
+    state, losses, _ = run(config, devices[:count], batch)
+    params = flat_params(state)
+    if reference is None:
+      reference = (losses, params)
+    out['equivalence'][name] = {
+        'losses': losses,
+        'max_loss_diff': max(abs(a - b) for a, b in zip(losses, reference[0])),
+        'max_param_diff': max_diff(params, reference[1]),
+        'max_key_bias_diff': max_diff(params, reference[1], key_bias=True),
+    }
+    mlp = ('image', 'encoder', 'block_00', 'mlp', 'Dense_0', 'kernel')
+    query = ('image', 'encoder', 'block_00', 'attention', 'query', 'kernel')
+    out['specs'][name] = {'mlp_kernel': spec_of(state, *mlp),
+                          'query_kernel': spec_of(state, *query),
+                          'opt_mu_mlp_kernel': optimizer_moment_spec(state)}
+    if name == 'dp_tp':
+      tp_state, tp_config = state, config
+
+  # A checkpoint written on the 4x2 mesh restores on 1 device and on a 2x4 mesh.
+  with tempfile.TemporaryDirectory() as tmp:
+    manager = train.checkpoint_manager(tmp, tp_config)
+    train.save_checkpoint(manager, tp_state)
+    manager.wait_until_finished()
+    saved = flat_params(tp_state)
+    out['restore'] = {}
+    for name, (partitions, count) in {'one_device': (1, 1), 'mesh_2x4': (4, 8)}.items():
+      config = config_for(demo_dir, **{'partitioning.num_partitions': partitions})
+      mesh = partitioning.make_mesh(config, devices[:count])
+      model = clip.from_config(config)
+      fresh = train.create_train_state(config, model, jax.random.PRNGKey(7), mesh)
+      restored = train.restore_checkpoint(manager, fresh, manager.latest_step())
+      params = flat_params(restored)
+      out['restore'][name] = {
+          'step': int(restored.step), 'mesh': dict(mesh.shape),
+          'max_param_diff': max(float(np.max(np.abs(params[k] - saved[k]))) for k in saved),
+          'mlp_kernel_spec': spec_of(restored, 'image', 'encoder', 'block_00', 'mlp',
+                                     'Dense_0', 'kernel')}
+
+  # Memory levers train: remat policies, bfloat16, exact gradient accumulation, chunked loss.
+  out['levers'] = {}
+  dp_state, dp_losses, _ = run(config_for(demo_dir), devices, batch, steps=3)
+  dp_params = flat_params(dp_state)
+  for name, overrides in {
+      'remat_minimal': {'model.model_img.transformer.remat_policy': 'minimal',
+                        'model.model_txt.transformer.remat_policy': 'minimal'},
+      'remat_full': {'model.model_img.transformer.remat_policy': 'full',
+                     'model.model_txt.transformer.remat_policy': 'full'},
+      'bfloat16': {'model.dtype': 'bfloat16'},
+      'accumulate_4': {'grad_accum_steps': 4},
+      'loss_chunk_2': {'model.clr.loss_chunk': 2},
+  }.items():
+    state, losses, _ = run(config_for(demo_dir, **overrides), devices, batch, steps=3)
+    params = flat_params(state)
+    out['levers'][name] = {
+        'losses': losses,
+        'max_loss_diff_vs_dp': max(abs(a - b) for a, b in zip(losses, dp_losses)),
+        'max_param_diff_vs_dp': max_diff(params, dp_params),
+        'max_key_bias_diff_vs_dp': max_diff(params, dp_params, key_bias=True)}
+  print(json.dumps(out))
+
+
+if __name__ == '__main__':
+  main(__import__('pathlib').Path(sys.argv[1]))

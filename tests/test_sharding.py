@@ -1,0 +1,71 @@
+"""Sharded training on 8 simulated CPU devices computes what one device does.
+
+The checks run in one subprocess (tests/sharding_check.py), because the device count is
+fixed when JAX starts.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Float32 sums in another order: losses and parameters after two AdamW steps (learning
+# rate 0.01) agree to this. The attention key bias, whose gradient is rounding noise, can
+# differ by up to the learning rate (see sharding_check.KEY_BIAS).
+LOSS_TOLERANCE = 1e-4
+PARAM_TOLERANCE = 1e-4
+KEY_BIAS_TOLERANCE = 2 * 0.01
+
+
+@pytest.fixture(scope='module')
+def report(demo_dir):
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, '-m', 'tests.sharding_check', str(demo_dir)],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-4000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize('mesh', ['dp', 'fsdp', 'dp_tp', 'fsdp_tp'])
+def test_sharded_steps_match_one_device(report, mesh):
+  result = report['equivalence'][mesh]
+  assert result['max_loss_diff'] < LOSS_TOLERANCE, result
+  assert result['max_param_diff'] < PARAM_TOLERANCE, result
+  assert result['max_key_bias_diff'] <= KEY_BIAS_TOLERANCE, result
+
+
+def test_parameters_are_sharded_as_the_rules_say(report):
+  specs = report['specs']
+  assert specs['dp']['mlp_kernel'] in ([], [None, None], [None, 'model'])  # model axis of 1
+  assert specs['fsdp']['mlp_kernel'][0] == 'data'
+  assert specs['dp_tp']['mlp_kernel'] == [None, 'model']
+  assert specs['dp_tp']['query_kernel'] == [None, 'model', None]
+  assert specs['fsdp_tp']['mlp_kernel'] == ['data', 'model']
+  assert specs['fsdp_tp']['opt_mu_mlp_kernel'] == ['data', 'model']  # ZeRO-3: state too
+
+
+def test_checkpoint_from_a_4x2_mesh_restores_on_1_device_and_on_2x4(report):
+  restore = report['restore']
+  assert restore['one_device']['mesh'] == {'data': 1, 'model': 1}
+  assert restore['mesh_2x4']['mesh'] == {'data': 2, 'model': 4}
+  for result in restore.values():
+    assert result['step'] == 2 and result['max_param_diff'] == 0.0
+  assert restore['mesh_2x4']['mlp_kernel_spec'] == [None, 'model']
+
+
+@pytest.mark.parametrize('lever', ['remat_minimal', 'remat_full', 'accumulate_4',
+                                   'loss_chunk_2'])
+def test_memory_levers_compute_the_same_training(report, lever):
+  result = report['levers'][lever]
+  assert result['max_loss_diff_vs_dp'] < LOSS_TOLERANCE, result
+  assert result['max_param_diff_vs_dp'] < PARAM_TOLERANCE, result
+  assert result['max_key_bias_diff_vs_dp'] <= KEY_BIAS_TOLERANCE, result
+
+
+def test_bfloat16_compute_trains(report):
+  losses = report['levers']['bfloat16']['losses']
+  assert all(l == l for l in losses) and losses[-1] < losses[0]
