@@ -2,9 +2,11 @@
 
   python -m benchmarks.memory [--sizes=B/16,L/16] [--batch_size=8] [--remat=none,minimal,full]
 
-Memory comes from the compiled train step's own analysis (arguments + outputs + temporaries
-- aliased buffers, in GiB), for FLIP's recipe at 50% random masking; the step time is the
-median of a few steps on this machine. The last line printed is one JSON object.
+Memory comes from the compiled programs' own analysis, in GiB, for FLIP's recipe at 50%
+random masking: `peak_gib` of the whole train step (arguments + outputs + temporaries -
+aliased buffers), and `backward_temp_gib`, the temporaries of the loss's forward and
+backward pass alone, which is what a remat policy changes. The step time is the median of
+a few steps on this machine. The last line printed is one JSON object.
 """
 
 import functools
@@ -28,7 +30,7 @@ from models import clip
 flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.py SIZES.')
 flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
 flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
-flags.DEFINE_integer('steps', 2, 'Timed steps (after one warm-up step).')
+flags.DEFINE_integer('steps', 2, 'Timed steps (after one warm-up step); 0: memory only.')
 FLAGS = flags.FLAGS
 GIB = 2 ** 30
 
@@ -59,17 +61,40 @@ def measure(config, steps):
   memory = compiled.memory_analysis()
   peak = (memory.argument_size_in_bytes + memory.output_size_in_bytes
           + memory.temp_size_in_bytes - memory.alias_size_in_bytes)
-  state, metrics = compiled(state, batch, key)
-  jax.block_until_ready(metrics)
-  seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
+  result = {'peak_gib': peak / GIB, 'temp_gib': memory.temp_size_in_bytes / GIB,
+            'state_gib': memory.argument_size_in_bytes / GIB,
+            'backward_temp_gib': backward_temp_bytes(model, policy, state.params, batch) / GIB}
+  if steps:
     state, metrics = compiled(state, batch, key)
     jax.block_until_ready(metrics)
-    seconds.append(time.perf_counter() - start)
-  return {'peak_gib': peak / GIB, 'temp_gib': memory.temp_size_in_bytes / GIB,
-          'state_gib': memory.argument_size_in_bytes / GIB,
-          'step_seconds': float(np.median(seconds))}
+    seconds = []
+    for _ in range(steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batch, key)
+      jax.block_until_ready(metrics)
+      seconds.append(time.perf_counter() - start)
+    result['step_seconds'] = float(np.median(seconds))
+  return result
+
+
+def backward_temp_bytes(model, policy, params, batch):
+  """Temporaries of the loss's forward and backward pass alone: what remat trades away.
+
+  At small batches the whole step's peak is set by the optimizer update over the weights,
+  which no remat policy changes; this isolates the activations.
+  """
+  def gradients(params, batch):
+    keep = policy(jax.random.PRNGKey(0), batch['image'])
+    keep_idx, valid = keep if keep is not None else (None, None)
+
+    def loss(params):
+      zimg, ztxt, scale = model.apply({'params': params}, batch['image'], batch['tokens'],
+                                      keep_idx, valid)
+      return clip.contrastive_loss(zimg, ztxt, scale)
+    return jax.grad(loss)(params)
+
+  compiled = jax.jit(gradients).lower(params, batch).compile()
+  return compiled.memory_analysis().temp_size_in_bytes
 
 
 def main(argv):
