@@ -301,6 +301,18 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
   return loss, terms, logit_scale, jax.tree.map(jnp.add, head_grads, tower_grads)
 
 
+def jit_train_step(config, model, policy, objective: Objective, state: TrainState, mesh,
+                   donate: bool = True):
+  """`train_step` compiled for `state`'s shardings and a batch split over `data`."""
+  state_sh = shardings_of(state)
+  repl = partitioning.replicated(mesh)
+  return jax.jit(functools.partial(train_step, model=model, policy=policy,
+                                   schedule=learning_rate_schedule(config),
+                                   objective=objective),
+                 in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
+                 out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
+
+
 def encode_text_step(params, tokens, *, model):
   return model.apply({'params': params}, tokens, method=clip.CLIP.encode_text)
 
@@ -568,13 +580,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       evaluator = ZeroShotEvaluator(config, model, mesh, tokenizer)
   batches = itertools.chain([first_batch], batches)
   examples = first_batch['image'][:8]  # shown masked in TensorBoard at each evaluation
-  schedule = learning_rate_schedule(config)
-  repl, batch_sh = partitioning.replicated(mesh), partitioning.batch_sharding(mesh)
-  state_sh = shardings_of(state)
-  step_fn = jax.jit(functools.partial(train_step, model=model, policy=policy,
-                                      schedule=schedule, objective=objective),
-                    in_shardings=(state_sh, batch_sh, repl), out_shardings=(state_sh, repl),
-                    donate_argnums=0)
+  step_fn = jit_train_step(config, model, policy, objective, state, mesh)
   logging.info('Training %s for steps %d..%d on %d devices (%s masking, %d of %d patches '
                'kept), shards: %d %s files', workdir, start_step, total_steps,
                jax.device_count(), policy.name, policy.num_keep, policy.num_patches,

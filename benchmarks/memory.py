@@ -9,7 +9,6 @@ backward pass alone, which is what a remat policy changes. The step time is the 
 a few steps on this machine. The last line printed is one JSON object.
 """
 
-import functools
 import json
 import os
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import masking
 import partitioning
 import train
+from benchmarks.synthetic import synthetic_batch
 from configs import default
 from models import clip
 
@@ -41,21 +41,8 @@ def measure(config, steps):
   policy = masking.get_policy(config)
   objective = train.objective_of(config, policy)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  shardings = train.shardings_of(state)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config),
-                                      objective=objective),
-                    in_shardings=(shardings, partitioning.batch_sharding(mesh),
-                                  partitioning.replicated(mesh)),
-                    out_shardings=(shardings, partitioning.replicated(mesh)),
-                    donate_argnums=0)
-  rng = np.random.RandomState(0)
-  batch = partitioning.global_batch(mesh, {
-      'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size,
-                                3)).astype(np.float32),
-      'tokens': rng.randint(1, 30000, size=(config.batch_size, config.aug.txt.max_len)
-                            ).astype(np.int32),
-      'skipped': np.zeros(config.batch_size, np.int32)})
+  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   compiled = step_fn.lower(state, batch, key).compile()
   memory = compiled.memory_analysis()

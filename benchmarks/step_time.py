@@ -6,7 +6,6 @@ Prints one JSON object as its last line: per ratio the median step seconds, the 
 patches kept, and the ratio of its step time to the first ratio's.
 """
 
-import functools
 import json
 import os
 import time
@@ -22,6 +21,7 @@ from ml_collections import config_flags
 import masking
 import partitioning
 import train
+from benchmarks.synthetic import synthetic_batch
 from models import clip
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
@@ -37,17 +37,8 @@ def time_steps(config, steps):
   policy = masking.get_policy(config)
   objective = train.objective_of(config, policy)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config),
-                                      objective=objective),
-                    donate_argnums=0)
-  rng = np.random.RandomState(0)
-  batch = partitioning.global_batch(mesh, {
-      'image': rng.normal(size=(config.batch_size, config.image_size, config.image_size,
-                                3)).astype(np.float32),
-      'tokens': rng.randint(1, 30000, size=(config.batch_size, config.aug.txt.max_len)
-                            ).astype(np.int32),
-      'skipped': np.zeros(config.batch_size, np.int32)})
+  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   for _ in range(2):
     state, metrics = step_fn(state, batch, key)

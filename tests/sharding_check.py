@@ -3,7 +3,6 @@
   XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m tests.sharding_check DEMO_DIR
 """
 
-import functools
 import json
 import os
 import sys
@@ -40,13 +39,7 @@ def run(config, devices, batch, steps=2):
   policy = masking.get_policy(config)
   objective = train.objective_of(config, policy)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  shardings = train.shardings_of(state)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config),
-                                      objective=objective),
-                    in_shardings=(shardings, partitioning.batch_sharding(mesh),
-                                  partitioning.replicated(mesh)),
-                    out_shardings=(shardings, partitioning.replicated(mesh)))
+  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
   global_batch = partitioning.global_batch(mesh, batch)
   losses = []
   for _ in range(steps):

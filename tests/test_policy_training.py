@@ -1,6 +1,5 @@
 """Training with each policy: the loss falls, views, the EMA teacher, kept-share metrics."""
 
-import functools
 import os
 
 import jax
@@ -31,9 +30,7 @@ def _run(config, batch, steps):
   policy = masking.get_policy(config)
   objective = train.objective_of(config, policy)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config),
-                                      objective=objective))
+  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
   batch = partitioning.global_batch(mesh, batch)
   history = []
   for _ in range(steps):
@@ -80,9 +77,7 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
   objective = train.objective_of(config, policy)
   state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
   before = jax.device_get(state.ema_params)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, policy=policy,
-                                      schedule=train.learning_rate_schedule(config),
-                                      objective=objective))
+  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
   state, _ = step_fn(state, partitioning.global_batch(mesh, demo_batch), jax.random.PRNGKey(1))
   momentum = 1 - (1 - 0.996) * (np.cos(np.pi * 1 / 10) + 1) / 2
   expected = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p, before,

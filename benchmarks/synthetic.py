@@ -1,0 +1,18 @@
+"""Random input batches for benchmarks: no data pipeline in the timings."""
+
+import numpy as np
+
+import partitioning
+
+
+def synthetic_batch(config, mesh, seed=0):
+  """A global batch of smooth random images (4x4-pixel blocks, so that cluster masking finds
+  structure) and random token ids."""
+  rng = np.random.RandomState(seed)
+  size, batch = config.image_size, config.batch_size
+  coarse = rng.normal(size=(batch, -(-size // 4), -(-size // 4), 3))
+  images = np.repeat(np.repeat(coarse, 4, 1), 4, 2)[:, :size, :size].astype(np.float32)
+  return partitioning.global_batch(mesh, {
+      'image': images,
+      'tokens': rng.randint(1, 30000, size=(batch, config.aug.txt.max_len)).astype(np.int32),
+      'skipped': np.zeros(batch, np.int32)})
