@@ -5,7 +5,7 @@ import functools
 import itertools
 import os
 import time
-from typing import Any, Dict
+from typing import Any, Callable, Dict, NamedTuple
 
 from absl import logging
 from clu import periodic_actions
@@ -311,6 +311,24 @@ def jit_train_step(config, model, policy, objective: Objective, state: TrainStat
                                    objective=objective),
                  in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
                  out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
+
+
+class Training(NamedTuple):
+  model: clip.CLIP
+  policy: masking.MaskingPolicy
+  objective: Objective
+  state: TrainState
+  step: Callable
+
+
+def new_training(config, mesh, rng, donate: bool = True) -> Training:
+  """A model, its policy and objective, a fresh state on `mesh` and its compiled step."""
+  model = clip.from_config(config)
+  policy = masking.get_policy(config)
+  objective = objective_of(config, policy)
+  state = create_train_state(config, model, rng, mesh, objective)
+  return Training(model, policy, objective, state,
+                  jit_train_step(config, model, policy, objective, state, mesh, donate))
 
 
 def encode_text_step(params, tokens, *, model):

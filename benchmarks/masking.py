@@ -21,12 +21,10 @@ from absl import flags
 import jax
 import numpy as np
 
-import masking
 import partitioning
 import train
 from benchmarks.synthetic import synthetic_batch
 from configs import default, tiny
-from models import clip
 
 flags.DEFINE_list('sizes', ['tiny', 'b16'], 'Model sizes: tiny (configs/tiny.py) and/or b16.')
 flags.DEFINE_list('policies', ['random', 'gaussian', 'cluster', 'attentive'], 'Policies.')
@@ -62,11 +60,8 @@ def measure(config, policy_name, mask_ratio, batch, repeats):
   config.model.model_img.mask_ratio = mask_ratio
   config.model.model_img.masking.policy = policy_name
   mesh = partitioning.make_mesh(config)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh, donate=False)
+  model, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0),
+                                                        donate=False)
   key = jax.random.PRNGKey(1)
   holder = {'state': state}
 

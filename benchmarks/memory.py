@@ -20,7 +20,6 @@ from absl import flags
 import jax
 import numpy as np
 
-import masking
 import partitioning
 import train
 from benchmarks.synthetic import synthetic_batch
@@ -37,11 +36,7 @@ GIB = 2 ** 30
 
 def measure(config, steps):
   mesh = partitioning.make_mesh(config)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  model, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   compiled = step_fn.lower(state, batch, key).compile()

@@ -18,11 +18,9 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
-import masking
 import partitioning
 import train
 from benchmarks.synthetic import synthetic_batch
-from models import clip
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios to time.')
@@ -33,11 +31,7 @@ FLAGS = flags.FLAGS
 
 def time_steps(config, steps):
   mesh = partitioning.make_mesh(config)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  _, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   for _ in range(2):

@@ -13,7 +13,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-import masking
 import partitioning
 import train
 from input_pipeline import laion
@@ -35,11 +34,7 @@ def config_for(demo_dir, **overrides):
 def run(config, devices, batch, steps=2):
   mesh = partitioning.make_mesh(config, devices)
   partitioning.check_divisibility(config, mesh)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  _, _, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
   global_batch = partitioning.global_batch(mesh, batch)
   losses = []
   for _ in range(steps):

@@ -26,11 +26,7 @@ def demo_batch(demo_dir):
 
 def _run(config, batch, steps):
   mesh = partitioning.make_mesh(config)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
+  _, _, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = partitioning.global_batch(mesh, batch)
   history = []
   for _ in range(steps):
@@ -72,12 +68,8 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
   config = micro_config(demo_dir, total_steps=10,
                         **{'model.model_img.masking.policy': 'attentive'})
   mesh = partitioning.make_mesh(config)
-  model = clip.from_config(config)
-  policy = masking.get_policy(config)
-  objective = train.objective_of(config, policy)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh, objective)
+  _, _, objective, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
   before = jax.device_get(state.ema_params)
-  step_fn = train.jit_train_step(config, model, policy, objective, state, mesh)
   state, _ = step_fn(state, partitioning.global_batch(mesh, demo_batch), jax.random.PRNGKey(1))
   momentum = 1 - (1 - 0.996) * (np.cos(np.pi * 1 / 10) + 1) / 2
   expected = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p, before,
