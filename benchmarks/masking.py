@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 import partitioning
-import train
+import train_step
 from benchmarks.synthetic import synthetic_batch
 from configs import default, tiny
 
@@ -60,7 +60,7 @@ def measure(config, policy_name, mask_ratio, batch, repeats):
   config.model.model_img.mask_ratio = mask_ratio
   config.model.model_img.masking.policy = policy_name
   mesh = partitioning.make_mesh(config)
-  model, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0),
+  model, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0),
                                                         donate=False)
   key = jax.random.PRNGKey(1)
   holder = {'state': state}
@@ -72,7 +72,7 @@ def measure(config, policy_name, mask_ratio, batch, repeats):
   step = median_seconds(one_step, repeats)
   scores = teacher = None
   if policy.needs_scores:
-    teacher_fn = jax.jit(functools.partial(train.teacher_forward, model))
+    teacher_fn = jax.jit(functools.partial(train_step.teacher_forward, model))
     teacher = median_seconds(lambda: teacher_fn(state.ema_params, batch['image']), repeats)
     scores = teacher_fn(state.ema_params, batch['image'])[1]
   sampler_fn = jax.jit(policy.__call__)

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 import partitioning
-import train
+import train_step
 from benchmarks.synthetic import synthetic_batch
 from configs import default
 from models import clip
@@ -36,7 +36,7 @@ GIB = 2 ** 30
 
 def measure(config, steps):
   mesh = partitioning.make_mesh(config)
-  model, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  model, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   compiled = step_fn.lower(state, batch, key).compile()

@@ -19,7 +19,7 @@ import numpy as np
 from ml_collections import config_flags
 
 import partitioning
-import train
+import train_step
 from benchmarks.synthetic import synthetic_batch
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
@@ -31,7 +31,7 @@ FLAGS = flags.FLAGS
 
 def time_steps(config, steps):
   mesh = partitioning.make_mesh(config)
-  _, policy, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   for _ in range(2):

@@ -19,10 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ml_collections import config_flags
+from flax import linen as nn
+import orbax.checkpoint as ocp
 from PIL import Image, ImageDraw
 
+import checkpoints
 import masking
 from input_pipeline import augment
+from models import clip
 
 POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
@@ -85,15 +89,11 @@ def sample_kept(config, name, rng, images, scores):
 
 def teacher_scores(config, images, checkpoint):
   """Class-token attention of the EMA teacher (or of a fresh image tower)."""
-  from models import clip  # pylint: disable=g-import-not-at-top
-  import train  # pylint: disable=g-import-not-at-top
-  from flax import linen as nn  # pylint: disable=g-import-not-at-top
   attentive = policy_config(config, 'attentive')
   model = clip.from_config(attentive)
   image_params = nn.unbox(model.image.init(jax.random.PRNGKey(0), images[:1]))['params']
   if checkpoint:
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-    step_dir = train.latest_step_dir(checkpoint)
+    step_dir = checkpoints.latest_step_dir(checkpoint)
     item = 'ema_params' if os.path.isdir(os.path.join(step_dir, 'ema_params')) else 'params'
     image_params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, item))['image']
   _, scores = model.image.apply({'params': image_params}, images, cls_attention=True)

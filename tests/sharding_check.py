@@ -13,8 +13,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+import checkpoints
 import partitioning
-import train
+import train_step
 from input_pipeline import laion
 from input_pipeline.tokenizer import BertTokenizer
 from models import clip
@@ -34,7 +35,7 @@ def config_for(demo_dir, **overrides):
 def run(config, devices, batch, steps=2):
   mesh = partitioning.make_mesh(config, devices)
   partitioning.check_divisibility(config, mesh)
-  _, _, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   global_batch = partitioning.global_batch(mesh, batch)
   losses = []
   for _ in range(steps):
@@ -106,8 +107,8 @@ def main(demo_dir):
 
   # A checkpoint written on the 4x2 mesh restores on 1 device and on a 2x4 mesh.
   with tempfile.TemporaryDirectory() as tmp:
-    manager = train.checkpoint_manager(tmp, tp_config)
-    train.save_checkpoint(manager, tp_state)
+    manager = checkpoints.checkpoint_manager(tmp, tp_config)
+    checkpoints.save_checkpoint(manager, tp_state)
     manager.wait_until_finished()
     saved = flat_params(tp_state)
     out['restore'] = {}
@@ -115,8 +116,8 @@ def main(demo_dir):
       config = config_for(demo_dir, **{'partitioning.num_partitions': partitions})
       mesh = partitioning.make_mesh(config, devices[:count])
       model = clip.from_config(config)
-      fresh = train.create_train_state(config, model, jax.random.PRNGKey(7), mesh)
-      restored = train.restore_checkpoint(manager, fresh, manager.latest_step())
+      fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(7), mesh)
+      restored = checkpoints.restore_checkpoint(manager, fresh, manager.latest_step())
       params = flat_params(restored)
       out['restore'][name] = {
           'step': int(restored.step), 'mesh': dict(mesh.shape),

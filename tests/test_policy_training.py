@@ -6,10 +6,12 @@ import jax
 import numpy as np
 import pytest
 
+import checkpoints
 import config_checks
 import masking
 import partitioning
 import train
+import train_step
 from input_pipeline import laion
 from input_pipeline.tokenizer import BertTokenizer
 from models import clip
@@ -26,7 +28,7 @@ def demo_batch(demo_dir):
 
 def _run(config, batch, steps):
   mesh = partitioning.make_mesh(config)
-  _, _, _, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = partitioning.global_batch(mesh, batch)
   history = []
   for _ in range(steps):
@@ -68,12 +70,12 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
   config = micro_config(demo_dir, total_steps=10,
                         **{'model.model_img.masking.policy': 'attentive'})
   mesh = partitioning.make_mesh(config)
-  _, _, objective, state, step_fn = train.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, objective, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   before = jax.device_get(state.ema_params)
   state, _ = step_fn(state, partitioning.global_batch(mesh, demo_batch), jax.random.PRNGKey(1))
   momentum = 1 - (1 - 0.996) * (np.cos(np.pi * 1 / 10) + 1) / 2
   expected = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p, before,
-                          jax.device_get(train.teacher_part(state.params)))
+                          jax.device_get(train_step.teacher_part(state.params)))
   for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert float(objective.momentum(0)) == pytest.approx(0.996)
@@ -83,7 +85,7 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
 def test_views_are_masked_independently_and_each_contrasted(demo_dir, demo_batch):
   config = micro_config(demo_dir, **{'model.model_img.masking.num_views': 3})
   policy = masking.get_policy(config)
-  keep_idx, valid = train.sample_views(policy, jax.random.PRNGKey(0),
+  keep_idx, valid = train_step.sample_views(policy, jax.random.PRNGKey(0),
                                        demo_batch['image'], None, 3)
   assert keep_idx.shape == (24, 8) and valid is None
   views = np.asarray(keep_idx).reshape(3, 8, 8)
@@ -107,10 +109,10 @@ def test_attentive_run_checkpoints_its_teacher_and_evaluates_masked(tmp_path, de
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2', 'ema_params'))
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  objective = train.objective_of(config, masking.get_policy(config))
-  fresh = train.create_train_state(config, model, jax.random.PRNGKey(9), mesh, objective)
-  manager = train.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
-  restored = train.restore_checkpoint(manager, fresh, 2)
+  objective = train_step.objective_of(config, masking.get_policy(config))
+  fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(9), mesh, objective)
+  manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
+  restored = checkpoints.restore_checkpoint(manager, fresh, 2)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored.ema_params),
                                                       jax.tree.leaves(fresh.ema_params)))
 

@@ -7,13 +7,19 @@ import subprocess
 import sys
 import types
 
+import flax.linen as nn
 import jax
+import orbax.checkpoint as ocp
 import numpy as np
 import pytest
 
+import checkpoints
 import config_checks
+import optimizer
 import partitioning
 import train
+import train_step
+from models import clip
 from tests.conftest import micro_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -83,14 +89,14 @@ def test_command_line_refuses_unknown_fields_and_wrong_types(tmp_path, demo_dir)
 def test_checkpoint_round_trip_restores_params_optimizer_and_step(tmp_path, demo_dir):
   config = micro_config(demo_dir)
   mesh = partitioning.make_mesh(config)
-  model = train.clip.from_config(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+  model = clip.from_config(config)
+  state = train_step.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
   state = state.apply_gradients(grads=jax.tree.map(np.ones_like, state.params))
-  manager = train.checkpoint_manager(str(tmp_path / 'ckpt'), config)
-  train.save_checkpoint(manager, state)
+  manager = checkpoints.checkpoint_manager(str(tmp_path / 'ckpt'), config)
+  checkpoints.save_checkpoint(manager, state)
   manager.wait_until_finished()
-  fresh = train.create_train_state(config, model, jax.random.PRNGKey(1), mesh)
-  restored = train.restore_checkpoint(manager, fresh, manager.latest_step())
+  fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(1), mesh)
+  restored = checkpoints.restore_checkpoint(manager, fresh, manager.latest_step())
   assert int(restored.step) == 1
   for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
                   jax.tree.leaves((restored.params, restored.opt_state))):
@@ -122,10 +128,10 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
                         image_size=48, pretrain_dir=source,
                         **{'model.model_img.sincos': False})
   mesh = partitioning.make_mesh(config)
-  model = train.clip.from_config(config)
-  state = train.create_train_state(config, model, jax.random.PRNGKey(5), mesh)
-  loaded = train.load_pretrained_params(source, state.params)
-  saved = train.ocp.StandardCheckpointer().restore(os.path.join(source, 'checkpoints', '1',
+  model = clip.from_config(config)
+  state = train_step.create_train_state(config, model, jax.random.PRNGKey(5), mesh)
+  loaded = checkpoints.load_pretrained_params(source, state.params)
+  saved = ocp.StandardCheckpointer().restore(os.path.join(source, 'checkpoints', '1',
                                                                 'params'))
   assert loaded['image']['pos_embedding'].shape == (1, 36, 32)
   np.testing.assert_array_equal(loaded['text']['token_embedding']['embedding'],
@@ -134,15 +140,15 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
   train.train_and_evaluate(config, str(tmp_path / 'tuned'))
   wider = micro_config(demo_dir, **{'model.clr.proj_dim_out': 24,
                                     'model.model_img.sincos': False})
-  state = train.create_train_state(wider, train.clip.from_config(wider), jax.random.PRNGKey(0),
+  state = train_step.create_train_state(wider, clip.from_config(wider), jax.random.PRNGKey(0),
                                    partitioning.make_mesh(wider))
   with pytest.raises(ValueError, match=r'pretrain_dir.*image/projection/kernel has shape'):
-    train.load_pretrained_params(source, state.params)
+    checkpoints.load_pretrained_params(source, state.params)
   sincos = micro_config(demo_dir)
-  state = train.create_train_state(sincos, train.clip.from_config(sincos),
+  state = train_step.create_train_state(sincos, clip.from_config(sincos),
                                    jax.random.PRNGKey(0), partitioning.make_mesh(sincos))
   with pytest.raises(ValueError, match=r"unexpected \['image/pos_embedding'\]"):
-    train.load_pretrained_params(source, state.params)
+    checkpoints.load_pretrained_params(source, state.params)
 
 
 def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
@@ -176,7 +182,7 @@ def test_missing_training_data_is_reported_before_training(tmp_path, demo_dir):
 def test_schedule_warms_up_then_decays_to_the_floor(demo_dir):
   config = micro_config(demo_dir, total_steps=100, warmup_epochs=10 * 8 / 96,
                         learning_rate=2.56e-3, batch_size=8, min_abs_lr=1e-6)
-  schedule = train.learning_rate_schedule(config)
+  schedule = optimizer.learning_rate_schedule(config)
   peak = 2.56e-3 * 8 / 256
   assert float(schedule(0)) == 0.0
   assert float(schedule(10)) == pytest.approx(peak)
@@ -186,9 +192,9 @@ def test_schedule_warms_up_then_decays_to_the_floor(demo_dir):
 
 def test_weight_decay_skips_biases_norms_and_embedding_offsets(demo_dir):
   config = micro_config(demo_dir, **{'model.model_img.sincos': False})
-  model = train.clip.from_config(config)
-  params = train.nn.unbox(model.init(jax.random.PRNGKey(0), *train.dummy_inputs(config)))
-  mask = train.weight_decay_mask(params['params'])
+  model = clip.from_config(config)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config)))
+  mask = optimizer.weight_decay_mask(params['params'])
   assert mask['image']['encoder']['block_00']['mlp']['Dense_0']['kernel']
   assert not mask['image']['encoder']['block_00']['mlp']['Dense_0']['bias']
   assert not mask['image']['encoder']['norm_out']['scale']

@@ -1,0 +1,88 @@
+"""Checkpoints: orbax items per part of the train state, resume, and weights-only loading."""
+
+import os
+
+from absl import logging
+from flax import traverse_util
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from train_step import TrainState
+
+
+def checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+
+
+CHECKPOINT_ITEMS = ('params', 'opt_state', 'ema_params')
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+  items = {name: ocp.args.StandardSave(getattr(state, name)) for name in CHECKPOINT_ITEMS
+           if getattr(state, name) is not None}
+  manager.save(int(state.step), args=ocp.args.Composite(**items))
+
+
+def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int):
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  items = {name: ocp.args.StandardRestore(getattr(abstract, name)) for name in CHECKPOINT_ITEMS
+           if getattr(state, name) is not None}
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return state.replace(step=jax.device_put(np.int32(step), state.step.sharding),
+                       **{name: restored[name] for name in items})
+
+
+def latest_step_dir(path: str) -> str:
+  """`path` may be a run's workdir, its checkpoints/ folder, or one step's folder."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'params')):
+    return path
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f'{path!r}: no such checkpoint directory')
+  step = ocp.CheckpointManager(path).latest_step()
+  if step is None:
+    raise FileNotFoundError(f'{path!r} holds no checkpoint')
+  return os.path.join(path, str(step))
+
+
+def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
+  """Bilinearly resizes a [1, gh * gw, D] position embedding onto another square grid."""
+  old_side, new_side = int(np.sqrt(embedding.shape[1])), int(np.sqrt(new_shape[1]))
+  if old_side ** 2 != embedding.shape[1] or new_side ** 2 != new_shape[1]:
+    raise ValueError(f'cannot resample position embedding {embedding.shape} -> {new_shape}: '
+                     'grids must be square')
+  grid = embedding.reshape(old_side, old_side, -1)
+  grid = jax.image.resize(grid, (new_side, new_side, grid.shape[-1]), 'bilinear')
+  return np.asarray(grid).reshape(new_shape)
+
+
+def load_pretrained_params(path: str, params):
+  """Weights of another run's checkpoint, without its optimiser state, fitted to `params`."""
+  try:
+    step_dir = latest_step_dir(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.pretrain_dir: {e}') from e
+  source = traverse_util.flatten_dict(
+      ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
+  target = traverse_util.flatten_dict(params, sep='/')
+  if source.keys() != target.keys():
+    raise ValueError(
+        f'config.pretrain_dir={path!r}: its parameters differ from this model\'s; missing '
+        f'{sorted(target.keys() - source.keys())}, unexpected '
+        f'{sorted(source.keys() - target.keys())}')
+  fitted = {}
+  for name, want in target.items():
+    value = np.asarray(source[name])
+    if value.shape != want.shape:
+      if not name.endswith('pos_embedding') or value.ndim != 3:
+        raise ValueError(f'config.pretrain_dir={path!r}: parameter {name} has shape '
+                         f'{value.shape} in the checkpoint but {want.shape} in this model')
+      logging.info('Resampling %s from %s to %s', name, value.shape, want.shape)
+      value = resample_grid(value, want.shape)
+    fitted[name] = jax.device_put(value.astype(want.dtype), want.sharding)
+  return traverse_util.unflatten_dict(fitted, sep='/')

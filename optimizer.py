@@ -1,0 +1,45 @@
+"""AdamW with FLIP's schedule: linear warmup then cosine decay, by virtual epochs."""
+
+from typing import Dict
+
+import jax
+import optax
+
+NO_DECAY_NAMES = ('pos_embedding', 'cls')
+
+
+def steps_of(config) -> Dict[str, int]:
+  steps_per_epoch = config.samples_per_epoch / config.batch_size
+  total = config.total_steps if config.total_steps > 0 else int(config.num_epochs *
+                                                                steps_per_epoch)
+  return {'total': max(total, 1), 'warmup': int(config.warmup_epochs * steps_per_epoch)}
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  """Linear warmup then cosine decay; the peak is learning_rate per 256 examples."""
+  steps = steps_of(config)
+  warmup = min(steps['warmup'], steps['total'])
+  return optax.warmup_cosine_decay_schedule(
+      init_value=config.warmup_abs_lr,
+      peak_value=config.learning_rate * config.batch_size / 256,
+      warmup_steps=warmup, decay_steps=max(steps['total'], warmup + 1),
+      end_value=config.min_abs_lr)
+
+
+def weight_decay_mask(params):
+  """True where AdamW decays: matrices and kernels, not biases, norms or embeddings' offsets."""
+  def decays(path, leaf):
+    return leaf.ndim > 1 and path[-1].key not in NO_DECAY_NAMES
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+  if config.opt_type != 'adamw':
+    raise ValueError(f"config.opt_type={config.opt_type!r}: only 'adamw' is supported")
+  parts = []
+  if config.opt.clip_grad_norm > 0:
+    parts.append(optax.clip_by_global_norm(config.opt.clip_grad_norm))
+  parts.append(optax.adamw(learning_rate_schedule(config), b1=config.opt.b1, b2=config.opt.b2,
+                           weight_decay=config.opt.weight_decay,
+                           mask=weight_decay_mask if config.exclude_wd else None))
+  return optax.chain(*parts)

@@ -1,0 +1,273 @@
+"""The train state and one jitted train step: masks, towers, losses, EMA teacher."""
+
+import dataclasses
+import functools
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+import masking
+import optimizer
+import partitioning
+from models import clip
+
+
+class TrainState(train_state.TrainState):
+  # EMA copy of the image tower (and A-CLIP's projector): the attentive policy's teacher.
+  ema_params: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """What a train step computes besides the contrastive loss; static under jit."""
+  num_views: int = 1
+  use_teacher: bool = False  # keep an EMA image tower (attentive scores, distillation)
+  ema_momentum: float = 0.996
+  total_steps: int = 1
+  distill_weight: float = 0.0
+  simclr_weight: float = 0.0
+  simclr_temperature: float = 0.1
+  accum_steps: int = 1  # micro-batches per step (exact contrastive loss, see train_step)
+  loss_chunk: int = 0  # rows of the logits matrix formed at a time (0: all)
+
+  def momentum(self, step):
+    """Cosine schedule of the EMA momentum from ema_momentum at step 0 to 1 at the end."""
+    progress = jnp.minimum(step / self.total_steps, 1.0)
+    return 1 - (1 - self.ema_momentum) * (jnp.cos(jnp.pi * progress) + 1) / 2
+
+
+def objective_of(config, policy) -> Objective:
+  aclip = config.model.aclip
+  return Objective(
+      num_views=config.model.model_img.masking.num_views,
+      use_teacher=policy.needs_scores or aclip.distill_weight > 0,
+      ema_momentum=config.model.model_img.masking.ema_momentum,
+      total_steps=optimizer.steps_of(config)['total'], distill_weight=aclip.distill_weight,
+      simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature,
+      accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk)
+
+
+def teacher_part(params):
+  """The parameters the EMA teacher tracks."""
+  return {k: v for k, v in params.items() if k in ('image', 'projector')}
+
+
+# --- State -------------------------------------------------------------------------------------
+
+def dummy_inputs(config):
+  size = config.image_size
+  return (jnp.zeros((1, size, size, 3), jnp.float32),
+          jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
+
+
+def state_shardings(config, model, mesh, objective: Objective, tx):
+  """NamedShardings of every TrainState leaf, from the parameters' logical axis names."""
+  boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
+                         jax.random.PRNGKey(0))['params']
+  params = partitioning.param_shardings(nn.get_partition_spec(boxed), mesh,
+                                        partitioning.logical_rules(config))
+  repl = partitioning.replicated(mesh)
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
+                                    jax.eval_shape(tx.init, nn.unbox(boxed)), params,
+                                    transform_non_params=lambda _: repl)
+  return TrainState(step=repl, apply_fn=model.apply, params=params, tx=tx,
+                    opt_state=opt_state,
+                    ema_params=teacher_part(params) if objective.use_teacher else None)
+
+
+def create_train_state(config, model, rng, mesh,
+                       objective: Objective = Objective()) -> TrainState:
+  """A new state, each array already placed on the mesh as the sharding rules say."""
+  tx = optimizer.make_optimizer(config)
+
+  def init(rng):
+    params = nn.unbox(model.init(rng, *dummy_inputs(config))['params'])
+    ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
+
+  shardings = state_shardings(config, model, mesh, objective, tx)
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def shardings_of(state: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+# --- Steps -------------------------------------------------------------------------------------
+
+def teacher_forward(model, ema_params, images):
+  """EMA image tower on the unmasked images: (features [B, E], class-token attention [B, N])."""
+  features, scores = model.image.apply({'params': ema_params['image']}, images,
+                                       cls_attention=True)
+  return jax.lax.stop_gradient(features), jax.lax.stop_gradient(scores)
+
+
+def sample_views(policy, rng, images, scores, num_views):
+  """`num_views` independent masks per image, stacked view-major: ([V * B, K], [V * B, K])."""
+  keeps = [policy(key, images, scores) for key in jax.random.split(rng, num_views)]
+  if keeps[0] is None:
+    return None, None
+  keep_idx = jnp.concatenate([k[0] for k in keeps])
+  valid = None if keeps[0][1] is None else jnp.concatenate([k[1] for k in keeps])
+  return keep_idx, valid
+
+
+def kept_fraction(policy, keep_idx, valid, rows):
+  """Fraction of the patch grid each image (view) actually encodes, [rows]."""
+  if keep_idx is None:
+    return jnp.ones((rows,))
+  if valid is None:
+    return jnp.full((rows,), keep_idx.shape[1] / policy.num_patches)
+  return valid.sum(axis=1) / policy.num_patches
+
+
+def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
+               objective: Objective = Objective()):
+  rng = jax.random.fold_in(rng, state.step)
+  images, tokens = batch['image'], batch['tokens']
+  views, batch_size = objective.num_views, images.shape[0]
+  teacher_features = scores = None
+  if objective.use_teacher:
+    teacher_features, scores = teacher_forward(model, state.ema_params, images)
+  keep_idx, valid = sample_views(policy, rng, images, scores, views)
+
+  def towers(params, images, keep_idx, valid, tokens):
+    """Image features [V, b, E] of every view and text embeddings [b, E] of b examples."""
+    rows = images.shape[0]
+    view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
+    flat = lambda x: None if x is None else x.reshape(views * rows, -1)
+    features = model.apply({'params': params}, view_images, flat(keep_idx), flat(valid),
+                           method=clip.CLIP.image_features)
+    ztxt = model.apply({'params': params}, tokens, method=clip.CLIP.encode_text)
+    return features.reshape(views, rows, -1), ztxt
+
+  def objective_loss(params, features, ztxt):
+    """The loss given every embedding; reads only the heads and the logit scale."""
+    def apply(*args, method):
+      return model.apply({'params': params}, *args, method=method)
+
+    logit_scale = apply(method=clip.CLIP.logit_scale)
+    zimg = clip.l2_normalize(features)
+    contrastive = jax.vmap(functools.partial(clip.contrastive_loss,
+                                             chunk=objective.loss_chunk),
+                           in_axes=(0, None, None))(zimg, ztxt, logit_scale).mean()
+    terms = {'contrastive_loss': contrastive}
+    flat = features.reshape(views * batch_size, -1)
+    if objective.distill_weight > 0:
+      target = clip.Head(model.head_dim, model.image.dtype).apply(
+          {'params': state.ema_params['projector']}, teacher_features)
+      predicted = apply(flat, method=clip.CLIP.predict)
+      terms['distill_loss'] = clip.distillation_loss(predicted, jnp.tile(target, (views, 1)))
+    if objective.simclr_weight > 0:
+      projected = apply(flat, method=clip.CLIP.project).reshape(views, batch_size, -1)
+      terms['simclr_loss'] = clip.simclr_loss(projected[0], projected[1],
+                                              objective.simclr_temperature)
+    total = (contrastive + objective.distill_weight * terms.get('distill_loss', 0.0)
+             + objective.simclr_weight * terms.get('simclr_loss', 0.0))
+    return total, (terms, logit_scale)
+
+  view_major = lambda x: None if x is None else x.reshape(views, batch_size, -1)
+  inputs = (images, view_major(keep_idx), view_major(valid), tokens)
+  if objective.accum_steps == 1:
+    def loss_fn(params):
+      return objective_loss(params, *towers(params, *inputs))
+    (loss, (terms, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+  else:
+    loss, terms, logit_scale, grads = accumulated_gradients(
+        towers, objective_loss, state.params, inputs, objective.accum_steps)
+
+  state = state.apply_gradients(grads=grads)
+  if objective.use_teacher:
+    momentum = objective.momentum(state.step)
+    state = state.replace(ema_params=jax.tree.map(
+        lambda ema, online: momentum * ema + (1 - momentum) * online, state.ema_params,
+        teacher_part(state.params)))
+  fraction = kept_fraction(policy, keep_idx, valid, views * batch_size)
+  metrics = {
+      'train_loss': loss,
+      'learning_rate': schedule(state.step - 1),
+      'temperature': jnp.exp(-logit_scale),
+      'kept_patches': fraction.mean() * policy.num_patches,
+      'kept_fraction_mean': fraction.mean(),
+      'kept_fraction_min': fraction.min(),
+      'kept_fraction_max': fraction.max(),
+      'grad_norm': optax.tree.norm(grads),
+      'skipped_records': batch['skipped'].sum(),
+      **terms,
+  }
+  return state, metrics
+
+
+def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
+  """Gradients of the whole-batch loss with one micro-batch's activations alive at a time.
+
+  1. Embed every micro-batch without gradient. 2. Differentiate the loss with respect to
+  the embeddings (and the heads). 3. Re-run each micro-batch and pull its embeddings'
+  gradient back through the towers. The result equals the full-batch gradient, negatives
+  from every micro-batch included.
+  """
+  images, keep_idx, valid, tokens = inputs
+  batch_size = images.shape[0]
+  if batch_size % accum_steps:
+    raise ValueError(f'config.grad_accum_steps={accum_steps} does not divide the batch of '
+                     f'{batch_size}')
+
+  def split(x, axis=0):
+    if x is None:
+      return None
+    x = jnp.moveaxis(x, axis, 0)
+    x = x.reshape(accum_steps, batch_size // accum_steps, *x.shape[1:])
+    return jnp.moveaxis(x, 1, axis + 1)
+
+  micro = (split(images), split(keep_idx, 1), split(valid, 1), split(tokens))
+  frozen = jax.lax.stop_gradient(params)
+  features, ztxt = jax.lax.map(lambda m: towers(frozen, *m), micro)
+  features = jnp.moveaxis(features, 0, 1).reshape(features.shape[1], batch_size, -1)
+  ztxt = ztxt.reshape(batch_size, -1)
+  (loss, (terms, logit_scale)), (head_grads, feature_grads, text_grads) = jax.value_and_grad(
+      objective_loss, argnums=(0, 1, 2), has_aux=True)(params, features, ztxt)
+  cotangents = (split(feature_grads, 1), split(text_grads))
+
+  def pull_back(grads, step):
+    m, (feature_cot, text_cot) = step
+    _, vjp = jax.vjp(lambda p: towers(p, *m), params)
+    return jax.tree.map(jnp.add, grads, vjp((feature_cot, text_cot))[0]), None
+
+  tower_grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params),
+                                (micro, cotangents))
+  return loss, terms, logit_scale, jax.tree.map(jnp.add, head_grads, tower_grads)
+
+
+def jit_train_step(config, model, policy, objective: Objective, state: TrainState, mesh,
+                   donate: bool = True):
+  """`train_step` compiled for `state`'s shardings and a batch split over `data`."""
+  state_sh = shardings_of(state)
+  repl = partitioning.replicated(mesh)
+  return jax.jit(functools.partial(train_step, model=model, policy=policy,
+                                   schedule=optimizer.learning_rate_schedule(config),
+                                   objective=objective),
+                 in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
+                 out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
+
+
+class Training(NamedTuple):
+  model: clip.CLIP
+  policy: masking.MaskingPolicy
+  objective: Objective
+  state: TrainState
+  step: Callable
+
+
+def new_training(config, mesh, rng, donate: bool = True) -> Training:
+  """A model, its policy and objective, a fresh state on `mesh` and its compiled step."""
+  model = clip.from_config(config)
+  policy = masking.get_policy(config)
+  objective = objective_of(config, policy)
+  state = create_train_state(config, model, rng, mesh, objective)
+  return Training(model, policy, objective, state,
+                  jit_train_step(config, model, policy, objective, state, mesh, donate))
