@@ -8,7 +8,13 @@ names (models/transformer.py); a short rules list maps them to mesh axes:
   fsdp  weights and optimiser state sharded over `data` along their `embed` axis (ZeRO-3)
 
 With num_partitions > 1 either strategy also splits heads and MLP width over `model`.
+
+Activations are named the same way inside the towers (`batch`, `length`, `embed`, `heads`,
+`mlp`): `batch` goes to `data` first, so under FSDP an activation's `embed` stays whole
+while a weight's is split.
 """
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -27,7 +33,23 @@ def logical_rules(config):
   rules = [tuple(rule) for rule in config.partitioning.rules]
   if strategy == 'fsdp':
     rules = [('embed', 'data')] + [r for r in rules if r[0] != 'embed']
+  if not any(name == 'batch' for name, _ in rules):
+    # First, so that no other logical axis of an activation can take `data` from the batch.
+    rules = [('batch', 'data')] + rules
   return rules
+
+
+def jit(fn, mesh: Mesh, rules, **jit_kwargs):
+  """jax.jit of `fn`, traced where the towers' logical activation constraints apply.
+
+  Outside such a trace nn.with_logical_constraint does nothing, so the same model runs
+  unsharded in tests and tools.
+  """
+  @functools.wraps(fn)
+  def under_rules(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh), nn.logical_axis_rules(rules):
+      return fn(*args, **kwargs)
+  return jax.jit(under_rules, **jit_kwargs)
 
 
 def make_mesh(config, devices=None) -> Mesh:
@@ -37,10 +59,13 @@ def make_mesh(config, devices=None) -> Mesh:
     raise ValueError(f'config.partitioning.num_partitions={model} does not divide the '
                      f'{len(devices)} devices')
   data = len(devices) // model
-  if config.batch_size % data:
-    raise ValueError(f'config.batch_size={config.batch_size} does not divide over the '
-                     f'{data} devices of the data axis ({len(devices)} devices / '
-                     f'num_partitions={model})')
+  micro_batch = config.batch_size // max(config.grad_accum_steps, 1)
+  for field, size in (('batch_size', config.batch_size),
+                      ('eval_batch_size', config.eval_batch_size),
+                      ('batch_size / grad_accum_steps', micro_batch)):
+    if size % data:
+      raise ValueError(f'config.{field}={size} does not divide over the {data} devices of '
+                       f'the data axis ({len(devices)} devices / num_partitions={model})')
   return Mesh(np.asarray(devices).reshape(data, model), ('data', 'model'))
 
 

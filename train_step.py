@@ -90,6 +90,8 @@ def create_train_state(config, model, rng, mesh,
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
 
   shardings = state_shardings(config, model, mesh, objective, tx)
+  # Plain jit: out_shardings place the parameters; under the rules flax would also constrain
+  # each kernel inside its initialiser, before DenseGeneral reshapes it.
   return jax.jit(init, out_shardings=shardings)(rng)
 
 
@@ -248,11 +250,12 @@ def jit_train_step(config, model, policy, objective: Objective, state: TrainStat
   """`train_step` compiled for `state`'s shardings and a batch split over `data`."""
   state_sh = shardings_of(state)
   repl = partitioning.replicated(mesh)
-  return jax.jit(functools.partial(train_step, model=model, policy=policy,
-                                   schedule=optimizer.learning_rate_schedule(config),
-                                   objective=objective),
-                 in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
-                 out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
+  return partitioning.jit(
+      functools.partial(train_step, model=model, policy=policy,
+                        schedule=optimizer.learning_rate_schedule(config), objective=objective),
+      mesh, partitioning.logical_rules(config),
+      in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
+      out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
 
 
 class Training(NamedTuple):

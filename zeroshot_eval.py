@@ -47,12 +47,14 @@ class ZeroShotEvaluator:
         tokenizer(zeroshot.prompts(self.data.classnames, template_set)))
     policy = masking.get_policy(config, train=False)
     repl = partitioning.replicated(mesh)
-    self._encode_text = jax.jit(functools.partial(encode_text_step, model=model),
-                                out_shardings=repl)
+    rules = partitioning.logical_rules(config)
+    self._encode_text = partitioning.jit(functools.partial(encode_text_step, model=model),
+                                         mesh, rules, out_shardings=repl)
     # Inputs keep the shardings they carry: parameters as the rules place them.
-    self._eval_step = jax.jit(
+    self._eval_step = partitioning.jit(
         functools.partial(eval_step, model=model, policy=policy,
-                          top_k=min(5, len(self.data.classnames))), out_shardings=repl)
+                          top_k=min(5, len(self.data.classnames))),
+        mesh, rules, out_shardings=repl)
     self.masked = policy.name != 'none'
     self.needs_teacher = policy.needs_scores
 

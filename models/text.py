@@ -5,7 +5,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.transformer import Encoder, logical
+from models.transformer import TOKENS, Encoder, logical, place
 
 Dtype = Any
 PAD_ID = 0
@@ -31,9 +31,10 @@ class TextTower(nn.Module):
                  embedding_init=logical(nn.initializers.normal(0.02), ('vocab', 'embed')))(tokens)
     pos = self.param('pos_embedding', logical(nn.initializers.normal(0.01), (None, None, 'embed')),
                      (1, self.max_len, self.hidden_size))
-    x = x + pos[:, :tokens.shape[1]].astype(self.dtype)
+    x = place(x + pos[:, :tokens.shape[1]].astype(self.dtype), TOKENS)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
                 name='encoder')(x, key_mask=tokens != PAD_ID)
-    return nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
-                    kernel_init=logical(nn.initializers.lecun_normal(),
-                                        ('embed', 'joint')))(x[:, 0])
+    embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
+                         kernel_init=logical(nn.initializers.lecun_normal(),
+                                             ('embed', 'joint')))(x[:, 0])
+    return place(embedding, ('batch', 'joint'))

@@ -1,10 +1,11 @@
 """Pre-LN Transformer encoder shared by the image and text towers.
 
-Kernels carry logical axis names (`embed`, `mlp`, `heads`, `kv`) so that a rules list can
-place them on a device mesh without touching the model.
+Kernels carry logical axis names (`embed`, `mlp`, `heads`, `kv`) and so do the activations
+(`batch`, `length` besides), so that a rules list can place both on a device mesh without
+touching the model (partitioning.py).
 """
 
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -20,8 +21,44 @@ REMAT_POLICIES = {
 }
 
 
+TOKENS = ('batch', 'length', 'embed')
+
+
 def logical(init, names):
   return nn.with_logical_partitioning(init, names)
+
+
+def place(x, names):
+  """Pins an activation to the mesh by logical axis names (a no-op outside partitioning.jit)."""
+  return nn.with_logical_constraint(x, names)
+
+
+class HeadsDense(nn.Module):
+  """x [..., *in] @ kernel [*in, *features] + bias, contracting x's last `len(in)` axes.
+
+  The kernel is created in its full shape, so each axis carries its logical name also
+  inside the initialiser (DenseGeneral initialises a flattened kernel, which cannot take a
+  per-axis sharding constraint).
+  """
+  features: Sequence[int]
+  num_contracted: int
+  kernel_names: Sequence[Optional[str]]
+  bias_names: Sequence[Optional[str]]
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = tuple(self.features)
+    contracted = x.shape[x.ndim - self.num_contracted:]
+    n_in = len(contracted)
+    init = nn.initializers.xavier_uniform(
+        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(features))))
+    kernel = self.param('kernel', logical(init, tuple(self.kernel_names)),
+                        contracted + features)
+    bias = self.param('bias', logical(nn.initializers.zeros, tuple(self.bias_names)),
+                      features)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    return jnp.tensordot(x, kernel, axes=n_in) + bias
 
 
 class Attention(nn.Module):
@@ -40,25 +77,21 @@ class Attention(nn.Module):
     if width % self.num_heads:
       raise ValueError(f'hidden size {width} does not divide into {self.num_heads} heads')
     head_dim = width // self.num_heads
-    init = nn.initializers.xavier_uniform()
 
     def project(name):
-      return nn.DenseGeneral(
-          (self.num_heads, head_dim), dtype=self.dtype, name=name,
-          kernel_init=logical(init, ('embed', 'heads', 'kv')),
-          bias_init=logical(nn.initializers.zeros, ('heads', 'kv')))(x)
+      return HeadsDense((self.num_heads, head_dim), 1, ('embed', 'heads', 'kv'),
+                        ('heads', 'kv'), self.dtype, name=name)(x)
 
-    query, key, value = project('query'), project('key'), project('value')
+    query, key, value = (place(project(name), ('batch', 'length', 'heads', 'kv'))
+                         for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(head_dim).astype(self.dtype)
     logits = logits.astype(jnp.float32)
     if key_mask is not None:
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
-    out = nn.DenseGeneral(
-        width, axis=(-2, -1), dtype=self.dtype, name='out',
-        kernel_init=logical(init, ('heads', 'kv', 'embed')),
-        bias_init=logical(nn.initializers.zeros, ('embed',)))(out)
+    out = place(HeadsDense((width,), 2, ('heads', 'kv', 'embed'), ('embed',), self.dtype,
+                           name='out')(out), TOKENS)
     if self.cls_attention:
       return out, weights[:, :, 0, 1:].astype(jnp.float32).mean(axis=1)
     return out
@@ -75,10 +108,11 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, dtype=self.dtype,
                  kernel_init=logical(init, ('embed', 'mlp')),
                  bias_init=logical(nn.initializers.normal(1e-6), ('mlp',)))(x)
-    x = nn.gelu(x)
-    return nn.Dense(width, dtype=self.dtype,
-                    kernel_init=logical(init, ('mlp', 'embed')),
-                    bias_init=logical(nn.initializers.normal(1e-6), ('embed',)))(x)
+    x = place(nn.gelu(x), ('batch', 'length', 'mlp'))
+    return place(nn.Dense(width, dtype=self.dtype,
+                          kernel_init=logical(init, ('mlp', 'embed')),
+                          bias_init=logical(nn.initializers.normal(1e-6), ('embed',)))(x),
+                 TOKENS)
 
 
 def layer_norm(dtype, name=None):
@@ -101,6 +135,7 @@ class EncoderBlock(nn.Module):
       attended, cls_weights = attended
     x = x + attended
     x = x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
+    x = place(x, TOKENS)
     return (x, cls_weights) if self.cls_attention else x
 
 
@@ -125,6 +160,7 @@ class Encoder(nn.Module):
     block = EncoderBlock
     if self.remat_policy != 'none':
       block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy])
+    x = place(x, TOKENS)
     total = 0.0
     for i in range(self.num_layers):
       x = block(self.num_heads, self.mlp_dim, self.dtype, self.cls_attention,

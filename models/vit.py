@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.transformer import Encoder, logical
+from models.transformer import TOKENS, Encoder, logical, place
 
 Dtype = Any
 
@@ -67,7 +67,7 @@ class VisionTower(nn.Module):
                                     (None, None, None, 'embed')),
                 bias_init=logical(nn.initializers.zeros, ('embed',)))(images.astype(self.dtype))
     batch, gh, gw, width = x.shape
-    x = x.reshape(batch, gh * gw, width)
+    x = place(x.reshape(batch, gh * gw, width), TOKENS)
     if self.sincos:
       pos = jnp.asarray(sincos_2d((gh, gw), width))[None]
     else:
@@ -89,6 +89,7 @@ class VisionTower(nn.Module):
       x, attention = x
     pooled = masked_mean(x[:, 1:], valid)
     embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
-                    kernel_init=logical(nn.initializers.lecun_normal(),
-                                        ('embed', 'joint')))(pooled)
+                         kernel_init=logical(nn.initializers.lecun_normal(),
+                                             ('embed', 'joint')))(pooled)
+    embedding = place(embedding, ('batch', 'joint'))
     return (embedding, attention) if cls_attention else embedding

@@ -37,11 +37,31 @@ def run(config, devices, batch, steps=2):
   partitioning.check_divisibility(config, mesh)
   _, _, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   global_batch = partitioning.global_batch(mesh, batch)
+  activations = activation_specs(step_fn, state, global_batch)
   losses = []
   for _ in range(steps):
     state, metrics = step_fn(state, global_batch, jax.random.PRNGKey(1))
     losses.append(float(metrics['train_loss']))
-  return state, losses, mesh
+  return state, losses, activations
+
+
+def activation_specs(step_fn, state, batch):
+  """The distinct PartitionSpecs that the traced step's sharding constraints ask for."""
+  specs = set()
+
+  def visit(jaxpr):
+    for eqn in jaxpr.eqns:
+      if eqn.primitive.name == 'sharding_constraint':
+        specs.add(tuple(None if a is None else str(a) for a in eqn.params['sharding'].spec))
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (tuple, list)) else (value,):
+          if hasattr(sub, 'eqns'):
+            visit(sub)
+          elif hasattr(sub, 'jaxpr') and hasattr(sub.jaxpr, 'eqns'):
+            visit(sub.jaxpr)
+
+  visit(jax.make_jaxpr(step_fn)(state, batch, jax.random.PRNGKey(1)).jaxpr)
+  return sorted(specs, key=str)
 
 
 # The attention key bias adds the same amount to every logit of a query, so its gradient is
@@ -82,12 +102,13 @@ def main(demo_dir):
   base = config_for(demo_dir)
   batch = next(laion.train_dataset(base, BertTokenizer(16), laion.list_shards(
       base.laion_path), seed=0).as_numpy_iterator())
-  out = {'equivalence': {}, 'specs': {}}
+  out = {'equivalence': {}, 'specs': {}, 'activations': {}}
   reference = None
   for name, (strategy, partitions, count) in MESHES.items():
     config = config_for(demo_dir, **{'partitioning.strategy': strategy,
                                      'partitioning.num_partitions': partitions})
-    state, losses, _ = run(config, devices[:count], batch)
+    state, losses, activations = run(config, devices[:count], batch)
+    out['activations'][name] = activations
     params = flat_params(state)
     if reference is None:
       reference = (losses, params)
@@ -138,7 +159,9 @@ def main(demo_dir):
       'accumulate_4': {'grad_accum_steps': 4},
       'loss_chunk_2': {'model.clr.loss_chunk': 2},
   }.items():
-    state, losses, _ = run(config_for(demo_dir, **overrides), devices, batch, steps=3)
+    # 4 micro-batches of 2 divide over a data axis of 2, not 8.
+    count = 2 if name == 'accumulate_4' else 8
+    state, losses, _ = run(config_for(demo_dir, **overrides), devices[:count], batch, steps=3)
     params = flat_params(state)
     out['levers'][name] = {
         'losses': losses,

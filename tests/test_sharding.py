@@ -48,6 +48,22 @@ def test_parameters_are_sharded_as_the_rules_say(report):
   assert specs['fsdp_tp']['opt_mu_mlp_kernel'] == ['data', 'model']  # ZeRO-3: state too
 
 
+def test_activations_are_placed_by_logical_axis_names(report):
+  """Every constrained activation is split over `data` by its batch; heads and MLP width
+  over `model`; under FSDP a token's width stays whole (the batch took `data` first)."""
+  activations = {name: [tuple(spec) for spec in specs]
+                 for name, specs in report['activations'].items()}
+  assert activations['one_device']  # the rules apply on one device too (a 1 x 1 mesh)
+  for mesh in ('dp', 'fsdp', 'dp_tp', 'fsdp_tp'):
+    specs = activations[mesh]
+    assert all(spec[0] == 'data' for spec in specs), (mesh, specs)
+    assert ('data', None, 'model', None) in specs  # queries, keys, values [b, l, heads, kv]
+    assert ('data', None, 'model') in specs  # MLP hidden [b, l, mlp]
+    assert ('data', None, None) in specs  # tokens [b, l, embed]
+    assert ('data', None) in specs  # embeddings [b, joint]
+  assert not any('data' in spec[1:] for spec in activations['fsdp_tp'])
+
+
 def test_checkpoint_from_a_4x2_mesh_restores_on_1_device_and_on_2x4(report):
   restore = report['restore']
   assert restore['one_device']['mesh'] == {'data': 1, 'model': 1}

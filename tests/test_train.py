@@ -155,6 +155,12 @@ def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
   config = micro_config(demo_dir, batch_size=10)
   with pytest.raises(ValueError, match=r'batch_size=10 does not divide over the 4 devices'):
     partitioning.make_mesh(config, devices=jax.devices() * 4)
+  config = micro_config(demo_dir, eval_batch_size=6)
+  with pytest.raises(ValueError, match=r'eval_batch_size=6 does not divide over the 4 devices'):
+    partitioning.make_mesh(config, devices=jax.devices() * 4)
+  config = micro_config(demo_dir, grad_accum_steps=4)  # micro-batches of 2
+  with pytest.raises(ValueError, match=r'grad_accum_steps=2 does not divide over the 4 dev'):
+    partitioning.make_mesh(config, devices=jax.devices() * 4)
   config = micro_config(demo_dir, **{'partitioning.num_partitions': 3})
   with pytest.raises(ValueError, match='num_partitions=3 does not divide the 4 devices'):
     partitioning.make_mesh(config, devices=jax.devices() * 4)
