@@ -124,6 +124,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
       config, tokenizer, shards, process_index=jax.process_index(),
       process_count=jax.process_count(),
       seed=laion.host_seed(config.seed, start_step, jax.process_index()))
+  own_files = laion.host_files(shards.files, jax.process_index(), jax.process_count())
+  logging.info('Process %d of %d reads %d of the %d shard files, from %s',
+               jax.process_index(), jax.process_count(), len(own_files), len(shards.files),
+               own_files[0])
   batches = dataset.as_numpy_iterator()
   first_batch = next(batches)
   if policy.name == 'cluster' and config.model.model_img.masking.calibrate:

@@ -1,12 +1,16 @@
 """Peak memory and step time of each remat policy, to pick one before launching on a pod.
 
   python -m benchmarks.memory [--sizes=B/16,L/16] [--batch_size=8] [--remat=none,minimal,full]
+                             [--dtype=float32|bfloat16] [--steps=2]
 
 Memory comes from the compiled programs' own analysis, in GiB, for FLIP's recipe at 50%
 random masking: `peak_gib` of the whole train step (arguments + outputs + temporaries -
 aliased buffers), and `backward_temp_gib`, the temporaries of the loss's forward and
 backward pass alone, which is what a remat policy changes. The step time is the median of
 a few steps on this machine. The last line printed is one JSON object.
+
+Run it at the per-device batch of the target slice (global batch / data-axis size): at small
+batches the weights, gradients and AdamW update set the peak and no policy changes it.
 """
 
 import json
@@ -30,6 +34,7 @@ flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.p
 flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
 flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
 flags.DEFINE_integer('steps', 2, 'Timed steps (after one warm-up step); 0: memory only.')
+flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype (config.model.dtype).')
 FLAGS = flags.FLAGS
 GIB = 2 ** 30
 
@@ -56,6 +61,7 @@ def measure(config, steps):
       jax.block_until_ready(metrics)
       seconds.append(time.perf_counter() - start)
     result['step_seconds'] = float(np.median(seconds))
+    result['images_per_second'] = config.batch_size / result['step_seconds']
   return result
 
 
@@ -81,12 +87,14 @@ def backward_temp_bytes(model, policy, params, batch):
 
 def main(argv):
   del argv
-  results = {'device': jax.devices()[0].device_kind, 'batch_size': FLAGS.batch_size}
+  results = {'device': jax.devices()[0].device_kind, 'batch_size': FLAGS.batch_size,
+             'dtype': FLAGS.dtype}
   for size in FLAGS.sizes:
     for policy in FLAGS.remat:
       config = default.get_config()
       default.set_size(config, size)
-      config.batch_size = FLAGS.batch_size
+      config.batch_size = config.eval_batch_size = FLAGS.batch_size
+      config.model.dtype = FLAGS.dtype
       for tower in ('model_img', 'model_txt'):
         config.model[tower].transformer.remat_policy = policy
       results.setdefault(size, {})[policy] = measure(config, FLAGS.steps)

@@ -1,6 +1,7 @@
 """Shared fixtures: a small generated dataset and a micro model config that compiles fast."""
 
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -10,6 +11,7 @@ from configs import tiny
 from input_pipeline import demo_data
 
 MICRO_IMAGE = 32
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='session')
@@ -47,3 +49,21 @@ def micro_config(demo_dir, **overrides):
       target = target[name]
     target[leaf] = value
   return config
+
+
+def main_command(workdir, demo_dir, *overrides):
+  """`python main.py` with the micro model on the demo data; run from ROOT."""
+  config = micro_config(demo_dir)
+  flags = [f'--config.laion_path={config.laion_path}',
+           f'--config.eval_dataset={config.eval_dataset}',
+           '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=16',
+           '--config.shuffle_buffer=16', '--config.samples_per_epoch=96',
+           '--config.aug.txt.max_len=16', '--config.model.clr.proj_dim_out=16',
+           '--config.log_every_steps=1']
+  for tower in ('model_img', 'model_txt'):
+    flags += [f'--config.model.{tower}.hidden_size=32',
+              f'--config.model.{tower}.transformer.mlp_dim=64',
+              f'--config.model.{tower}.transformer.num_heads=2',
+              f'--config.model.{tower}.transformer.num_layers=1']
+  return [sys.executable, 'main.py', f'--workdir={workdir}', '--config=configs/tiny.py',
+          *flags, *overrides]

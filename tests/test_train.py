@@ -4,7 +4,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import types
 
 import flax.linen as nn
@@ -20,27 +19,11 @@ import partitioning
 import train
 import train_step
 from models import clip
-from tests.conftest import micro_config
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from tests.conftest import ROOT, main_command, micro_config
 
 def _main(workdir, demo_dir, *overrides):
-  config = micro_config(demo_dir)
-  flags = [f'--config.laion_path={config.laion_path}',
-           f'--config.eval_dataset={config.eval_dataset}',
-           '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=16',
-           '--config.shuffle_buffer=16', '--config.samples_per_epoch=96',
-           '--config.aug.txt.max_len=16', '--config.model.clr.proj_dim_out=16',
-           '--config.log_every_steps=1']
-  for tower in ('model_img', 'model_txt'):
-    flags += [f'--config.model.{tower}.hidden_size=32',
-              f'--config.model.{tower}.transformer.mlp_dim=64',
-              f'--config.model.{tower}.transformer.num_heads=2',
-              f'--config.model.{tower}.transformer.num_layers=1']
-  return subprocess.run(
-      [sys.executable, 'main.py', f'--workdir={workdir}', '--config=configs/tiny.py',
-       *flags, *overrides], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  return subprocess.run(main_command(workdir, demo_dir, *overrides), cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
 
 
 def _rows(workdir):
