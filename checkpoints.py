@@ -71,9 +71,12 @@ def load_pretrained_params(path: str, params):
       ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
   target = traverse_util.flatten_dict(params, sep='/')
   if source.keys() != target.keys():
+    scanned = lambda keys: any('/blocks/' in k for k in keys)
+    hint = (' (one was trained with model.scan_layers and the other without: set it as the '
+            'checkpoint was written)' if scanned(source) != scanned(target) else '')
     raise ValueError(
-        f'config.pretrain_dir={path!r}: its parameters differ from this model\'s; missing '
-        f'{sorted(target.keys() - source.keys())}, unexpected '
+        f'config.pretrain_dir={path!r}: its parameters differ from this model\'s{hint}; '
+        f'missing {sorted(target.keys() - source.keys())}, unexpected '
         f'{sorted(source.keys() - target.keys())}')
   fitted = {}
   for name, want in target.items():

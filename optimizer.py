@@ -5,7 +5,7 @@ from typing import Dict
 import jax
 import optax
 
-NO_DECAY_NAMES = ('pos_embedding', 'cls')
+DECAYED_NAMES = ('kernel', 'embedding')
 
 
 def steps_of(config) -> Dict[str, int]:
@@ -27,9 +27,12 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 
 def weight_decay_mask(params):
-  """True where AdamW decays: matrices and kernels, not biases, norms or embeddings' offsets."""
+  """True where AdamW decays: kernels and the token embedding table; not biases, norms, the
+  class token, position embeddings or the logit scale (by name: stacked layers give a bias
+  two axes)."""
   def decays(path, leaf):
-    return leaf.ndim > 1 and path[-1].key not in NO_DECAY_NAMES
+    del leaf
+    return path[-1].key in DECAYED_NAMES
   return jax.tree_util.tree_map_with_path(decays, params)
 
 

@@ -120,6 +120,10 @@ def get_config():
   config.model.aclip.head_dim = 256  # width of the projector and predictor outputs
   # Computation dtype of both towers; parameters always stay float32.
   config.model.dtype = 'float32'  # or 'bfloat16'
+  # One nn.scan over each tower's blocks (parameters stacked on a `layers` axis): compiles
+  # one block, and remat saves exactly what its policy says. False unrolls the blocks
+  # (block_00, ...), which XLA fuses better in small models; checkpoints differ in layout.
+  config.model.scan_layers = True
   return set_size(config, 'L/16')
 
 

@@ -134,12 +134,14 @@ def from_config(config) -> CLIP:
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
       num_layers=img.transformer.num_layers, num_heads=img.transformer.num_heads,
       mlp_dim=img.transformer.mlp_dim, embed_dim=clr.proj_dim_out, sincos=img.sincos,
-      remat_policy=img.transformer.remat_policy, dtype=dtype)
+      remat_policy=img.transformer.remat_policy, scan_layers=config.model.scan_layers,
+      dtype=dtype)
   text = TextTower(
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
       num_layers=txt.transformer.num_layers, num_heads=txt.transformer.num_heads,
       mlp_dim=txt.transformer.mlp_dim, embed_dim=clr.proj_dim_out,
-      remat_policy=txt.transformer.remat_policy, dtype=dtype)
+      remat_policy=txt.transformer.remat_policy, scan_layers=config.model.scan_layers,
+      dtype=dtype)
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / clr.tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),
               learn_logit_scale=clr.tau_learnable, head_dim=head_dim)

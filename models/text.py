@@ -20,6 +20,7 @@ class TextTower(nn.Module):
   mlp_dim: int
   embed_dim: int
   remat_policy: str = 'none'
+  scan_layers: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -33,7 +34,7 @@ class TextTower(nn.Module):
                      (1, self.max_len, self.hidden_size))
     x = place(x + pos[:, :tokens.shape[1]].astype(self.dtype), TOKENS)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                name='encoder')(x, key_mask=tokens != PAD_ID)
+                scan_layers=self.scan_layers, name='encoder')(x, key_mask=tokens != PAD_ID)
     embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
                          kernel_init=logical(nn.initializers.lecun_normal(),
                                              ('embed', 'joint')))(x[:, 0])

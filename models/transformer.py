@@ -122,25 +122,37 @@ def layer_norm(dtype, name=None):
 
 
 class EncoderBlock(nn.Module):
+  """One pre-LN block in nn.scan's form: (tokens, attention sum), key_mask -> (same, None).
+
+  With `cls_attention` the class token's attention to the other tokens, averaged over
+  heads, is added to the running sum.
+  """
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
 
   @nn.compact
-  def __call__(self, x, key_mask=None):
+  def __call__(self, carry, key_mask=None):
+    x, attention_sum = carry
     attended = Attention(self.num_heads, self.dtype, self.cls_attention, name='attention')(
         layer_norm(self.dtype, 'norm_attention')(x), key_mask)
     if self.cls_attention:
       attended, cls_weights = attended
+      attention_sum = attention_sum + cls_weights
     x = x + attended
     x = x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
-    x = place(x, TOKENS)
-    return (x, cls_weights) if self.cls_attention else x
+    return (place(x, TOKENS), attention_sum), None
 
 
 class Encoder(nn.Module):
   """A stack of pre-LN blocks followed by a final LayerNorm.
+
+  With `scan_layers` the blocks are one nn.scan over parameters stacked along a leading
+  `layers` axis (`blocks`): one block is compiled, not num_layers, and under remat each layer
+  keeps exactly what its policy saves. Unrolled (`block_00`, `block_01`, ...), XLA may fuse
+  across layers, which is faster for small models, but it also places the recomputation
+  itself and can undo remat's saving (it does on CPU).
 
   With `cls_attention`, also returns the class token's attention to the other tokens,
   averaged over heads and layers; a running sum, so no layer's map is kept.
@@ -151,6 +163,7 @@ class Encoder(nn.Module):
   remat_policy: str = 'none'
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
+  scan_layers: bool = True
 
   @nn.compact
   def __call__(self, x, key_mask=None):
@@ -159,14 +172,21 @@ class Encoder(nn.Module):
                        f'{sorted(REMAT_POLICIES)}')
     block = EncoderBlock
     if self.remat_policy != 'none':
-      block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy])
+      # Within a scan the layers cannot be merged anyway, so CSE may stay on.
+      block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy],
+                       prevent_cse=not self.scan_layers)
+    args = (self.num_heads, self.mlp_dim, self.dtype, self.cls_attention)
     x = place(x, TOKENS)
-    total = 0.0
-    for i in range(self.num_layers):
-      x = block(self.num_heads, self.mlp_dim, self.dtype, self.cls_attention,
-                name=f'block_{i:02d}')(x, key_mask)
-      if self.cls_attention:
-        x, cls_weights = x
-        total = total + cls_weights
+    carry = (x, jnp.zeros(x.shape[:1] + (x.shape[1] - 1,) if self.cls_attention else (),
+                          jnp.float32))
+    if self.scan_layers:
+      blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
+                       in_axes=nn.broadcast, length=self.num_layers,
+                       metadata_params={nn.PARTITION_NAME: 'layers'})
+      carry, _ = blocks(*args, name='blocks')(carry, key_mask)
+    else:
+      for i in range(self.num_layers):
+        carry, _ = block(*args, name=f'block_{i:02d}')(carry, key_mask)
+    x, total = carry
     x = layer_norm(self.dtype, 'norm_out')(x)
     return (x, total / self.num_layers) if self.cls_attention else x

@@ -55,6 +55,7 @@ class VisionTower(nn.Module):
   embed_dim: int
   sincos: bool = True
   remat_policy: str = 'none'
+  scan_layers: bool = True
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -84,7 +85,7 @@ class VisionTower(nn.Module):
     if valid is not None:
       key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                cls_attention, name='encoder')(x, key_mask)
+                cls_attention, self.scan_layers, name='encoder')(x, key_mask)
     if cls_attention:
       x, attention = x
     pooled = masked_mean(x[:, 1:], valid)

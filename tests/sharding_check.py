@@ -26,9 +26,11 @@ MESHES = {'one_device': ('dp', 1, 1), 'dp': ('dp', 1, 8), 'fsdp': ('fsdp', 1, 8)
 
 
 def config_for(demo_dir, **overrides):
-  """The micro test model with 4 heads, so that a model axis of 4 divides them."""
+  """The micro test model with 4 heads, so that a model axis of 4 divides them, and scanned
+  layers, as in the pod recipes."""
   return micro_config(demo_dir, total_steps=10, warmup_epochs=0.0, learning_rate=0.01,
-                      **{'model.model_img.transformer.num_heads': 4,
+                      **{'model.scan_layers': True,  # the layout of the pod recipes
+                         'model.model_img.transformer.num_heads': 4,
                          'model.model_txt.transformer.num_heads': 4, **overrides})
 
 
@@ -91,7 +93,7 @@ def optimizer_moment_spec(state):
   """Sharding of AdamW's first moment of the first image block's MLP kernel."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
     name = jax.tree_util.keystr(path)
-    if '.mu' in name and "['image']['encoder']['block_00']['mlp']['Dense_0']['kernel']" in name:
+    if '.mu' in name and "['image']['encoder']['blocks']['mlp']['Dense_0']['kernel']" in name:
       return [None if a is None else str(a) for a in leaf.sharding.spec]
   raise KeyError('no first moment of the MLP kernel in the optimiser state')
 
@@ -118,8 +120,8 @@ def main(demo_dir):
         'max_param_diff': max_diff(params, reference[1]),
         'max_key_bias_diff': max_diff(params, reference[1], key_bias=True),
     }
-    mlp = ('image', 'encoder', 'block_00', 'mlp', 'Dense_0', 'kernel')
-    query = ('image', 'encoder', 'block_00', 'attention', 'query', 'kernel')
+    mlp = ('image', 'encoder', 'blocks', 'mlp', 'Dense_0', 'kernel')
+    query = ('image', 'encoder', 'blocks', 'attention', 'query', 'kernel')
     out['specs'][name] = {'mlp_kernel': spec_of(state, *mlp),
                           'query_kernel': spec_of(state, *query),
                           'opt_mu_mlp_kernel': optimizer_moment_spec(state)}
@@ -143,7 +145,7 @@ def main(demo_dir):
       out['restore'][name] = {
           'step': int(restored.step), 'mesh': dict(mesh.shape),
           'max_param_diff': max(float(np.max(np.abs(params[k] - saved[k]))) for k in saved),
-          'mlp_kernel_spec': spec_of(restored, 'image', 'encoder', 'block_00', 'mlp',
+          'mlp_kernel_spec': spec_of(restored, 'image', 'encoder', 'blocks', 'mlp',
                                      'Dense_0', 'kernel')}
 
   # Memory levers train: remat policies, bfloat16, exact gradient accumulation, chunked loss.

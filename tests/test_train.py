@@ -132,6 +132,12 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
                                    jax.random.PRNGKey(0), partitioning.make_mesh(sincos))
   with pytest.raises(ValueError, match=r"unexpected \['image/pos_embedding'\]"):
     checkpoints.load_pretrained_params(source, state.params)
+  scanned = micro_config(demo_dir, **{'model.model_img.sincos': False,
+                                      'model.scan_layers': True})
+  state = train_step.create_train_state(scanned, clip.from_config(scanned),
+                                        jax.random.PRNGKey(0), partitioning.make_mesh(scanned))
+  with pytest.raises(ValueError, match=r'model.scan_layers.*missing .*image/encoder/blocks/'):
+    checkpoints.load_pretrained_params(source, state.params)
 
 
 def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
@@ -180,13 +186,16 @@ def test_schedule_warms_up_then_decays_to_the_floor(demo_dir):
 
 
 def test_weight_decay_skips_biases_norms_and_embedding_offsets(demo_dir):
-  config = micro_config(demo_dir, **{'model.model_img.sincos': False})
+  config = micro_config(demo_dir, **{'model.model_img.sincos': False,
+                                     'model.scan_layers': True})
   model = clip.from_config(config)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config)))
   mask = optimizer.weight_decay_mask(params['params'])
-  assert mask['image']['encoder']['block_00']['mlp']['Dense_0']['kernel']
-  assert not mask['image']['encoder']['block_00']['mlp']['Dense_0']['bias']
-  assert not mask['image']['encoder']['norm_out']['scale']
+  blocks = mask['image']['encoder']['blocks']  # stacked: biases and scales are [layers, D]
+  assert blocks['mlp']['Dense_0']['kernel'] and blocks['attention']['query']['kernel']
+  assert not blocks['mlp']['Dense_0']['bias'] and not blocks['attention']['query']['bias']
+  assert not blocks['norm_mlp']['scale'] and not mask['image']['encoder']['norm_out']['scale']
+  assert mask['text']['token_embedding']['embedding'] and mask['image']['projection']['kernel']
   assert not mask['image']['pos_embedding'] and not mask['image']['cls']
   assert not mask['logit_scale']
 
