@@ -12,18 +12,17 @@ forward pass's share of the step. The last line printed is one JSON object.
 import functools
 import json
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import numpy as np
 
 import partitioning
 import train_step
 from benchmarks.synthetic import synthetic_batch
+from benchmarks.timing import median_seconds, median_step_seconds
 from configs import default, tiny
 
 flags.DEFINE_list('sizes', ['tiny', 'b16'], 'Model sizes: tiny (configs/tiny.py) and/or b16.')
@@ -43,17 +42,6 @@ def size_config(size):
   raise ValueError(f'--sizes: unknown size {size!r}; expected tiny or b16')
 
 
-def median_seconds(fn, repeats):
-  jax.block_until_ready(fn())
-  jax.block_until_ready(fn())
-  seconds = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn())
-    seconds.append(time.perf_counter() - start)
-  return float(np.median(seconds))
-
-
 def measure(config, policy_name, mask_ratio, batch, repeats):
   """(step seconds, sampler seconds, teacher seconds or None) for one policy."""
   config = config.copy_and_resolve_references()
@@ -63,13 +51,7 @@ def measure(config, policy_name, mask_ratio, batch, repeats):
   model, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0),
                                                         donate=False)
   key = jax.random.PRNGKey(1)
-  holder = {'state': state}
-
-  def one_step():
-    holder['state'], metrics = step_fn(holder['state'], batch, key)
-    return metrics
-
-  step = median_seconds(one_step, repeats)
+  step = median_step_seconds(step_fn, state, batch, key, repeats)
   scores = teacher = None
   if policy.needs_scores:
     teacher_fn = jax.jit(functools.partial(train_step.teacher_forward, model))

@@ -15,18 +15,17 @@ batches the weights, gradients and AdamW update set the peak and no policy chang
 
 import json
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import numpy as np
 
 import partitioning
 import train_step
 from benchmarks.synthetic import synthetic_batch
+from benchmarks.timing import median_step_seconds
 from configs import default
 from models import clip
 
@@ -52,15 +51,7 @@ def measure(config, steps):
             'state_gib': memory.argument_size_in_bytes / GIB,
             'backward_temp_gib': backward_temp_bytes(model, policy, state.params, batch) / GIB}
   if steps:
-    state, metrics = compiled(state, batch, key)
-    jax.block_until_ready(metrics)
-    seconds = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch, key)
-      jax.block_until_ready(metrics)
-      seconds.append(time.perf_counter() - start)
-    result['step_seconds'] = float(np.median(seconds))
+    result['step_seconds'] = median_step_seconds(compiled, state, batch, key, steps, warmup=1)
     result['images_per_second'] = config.batch_size / result['step_seconds']
   return result
 

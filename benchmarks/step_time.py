@@ -8,19 +8,18 @@ patches kept, and the ratio of its step time to the first ratio's.
 
 import json
 import os
-import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import numpy as np
 from ml_collections import config_flags
 
 import partitioning
 import train_step
 from benchmarks.synthetic import synthetic_batch
+from benchmarks.timing import median_step_seconds
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios to time.')
@@ -33,17 +32,8 @@ def time_steps(config, steps):
   mesh = partitioning.make_mesh(config)
   _, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
-  key = jax.random.PRNGKey(1)
-  for _ in range(2):
-    state, metrics = step_fn(state, batch, key)
-  jax.block_until_ready(metrics)
-  seconds = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    state, metrics = step_fn(state, batch, key)
-    jax.block_until_ready(metrics)
-    seconds.append(time.perf_counter() - start)
-  return float(np.median(seconds)), policy.num_keep
+  return (median_step_seconds(step_fn, state, batch, jax.random.PRNGKey(1), steps),
+          policy.num_keep)
 
 
 def main(argv):
