@@ -90,8 +90,8 @@ def create_train_state(config, model, rng, mesh,
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
 
   shardings = state_shardings(config, model, mesh, objective, tx)
-  # Plain jit: out_shardings place the parameters; under the rules flax would also constrain
-  # each kernel inside its initialiser, before DenseGeneral reshapes it.
+  # Plain jit: out_shardings place the parameters, and init's dummy one-example forward
+  # pass has no activations worth placing (one example cannot be split over `data`).
   return jax.jit(init, out_shardings=shardings)(rng)
 
 

@@ -1,5 +1,6 @@
 """Shared fixtures: a small generated dataset and a micro model config that compiles fast."""
 
+import json
 import os
 import sys
 
@@ -67,3 +68,9 @@ def main_command(workdir, demo_dir, *overrides):
               f'--config.model.{tower}.transformer.num_layers=1']
   return [sys.executable, 'main.py', f'--workdir={workdir}', '--config=configs/tiny.py',
           *flags, *overrides]
+
+
+def metrics_rows(workdir):
+  """The JSON objects a run appended to WORKDIR/metrics.jsonl, in order."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]

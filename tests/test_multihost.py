@@ -5,12 +5,11 @@ coordinator named in JAX_COORDINATOR_ADDRESS, collectives over gloo), read their
 files, feed one global batch, write checkpoints together, and only process 0 writes logs.
 """
 
-import json
 import os
 import socket
 import subprocess
 
-from tests.conftest import ROOT, main_command
+from tests.conftest import ROOT, main_command, metrics_rows
 
 
 def _free_port():
@@ -40,11 +39,6 @@ def _launch(workdir, demo_dir, *overrides, processes=2, devices_per_process=2):
   return outputs
 
 
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_path,
                                                                               demo_dir):
   workdir = tmp_path / 'pod'
@@ -59,7 +53,7 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
 
   # One writer: one TensorBoard event file, every step logged once, the final evaluation once.
   assert len([f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]) == 1
-  rows = _rows(workdir)
+  rows = metrics_rows(workdir)
   assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2, 3, 4]
   final = [r for r in rows if 'zeroshot_top1' in r]
   assert [r['step'] for r in final] == [4]
@@ -73,7 +67,7 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
                          capture_output=True, text=True, timeout=600)
   assert alone.returncode == 0, alone.stderr[-4000:]
   assert 'JAX process 0/1, 1 local of 1 devices' in alone.stderr
-  last = _rows(workdir)[-1]
+  last = metrics_rows(workdir)[-1]
   assert last['step'] == 4
   assert abs(last['zeroshot_top1'] - final[0]['zeroshot_top1']) < 1e-6
   assert abs(last['zeroshot_top5'] - final[0]['zeroshot_top5']) < 1e-6

@@ -1,6 +1,5 @@
 """End to end: main.py trains, saves, resumes, evaluates; checkpoints; refusals."""
 
-import json
 import os
 import re
 import subprocess
@@ -19,16 +18,11 @@ import partitioning
 import train
 import train_step
 from models import clip
-from tests.conftest import ROOT, main_command, micro_config
+from tests.conftest import ROOT, main_command, metrics_rows, micro_config
 
 def _main(workdir, demo_dir, *overrides):
   return subprocess.run(main_command(workdir, demo_dir, *overrides), cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
-
-
-def _rows(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
 
 
 def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
@@ -36,7 +30,7 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   first = _main(workdir, demo_dir, '--config.total_steps=4', '--config.checkpoint_every_steps=2')
   assert first.returncode == 0, first.stderr[-3000:]
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
-  rows = _rows(workdir)
+  rows = metrics_rows(workdir)
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3, 4]
   for row in train_rows:
@@ -51,13 +45,13 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   second = _main(workdir, demo_dir, '--config.total_steps=6')
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'at step 4' in second.stderr
-  new_rows = _rows(workdir)[len(rows):]
+  new_rows = metrics_rows(workdir)[len(rows):]
   assert [r['step'] for r in new_rows if 'train_loss' in r] == [5, 6]
   assert '6' in os.listdir(workdir / 'checkpoints')
 
   third = _main(workdir, demo_dir, '--config.eval_only=True')
   assert third.returncode == 0, third.stderr[-3000:]
-  last = _rows(workdir)[-1]
+  last = metrics_rows(workdir)[-1]
   assert last['step'] == 6 and 'zeroshot_top1' in last and 'train_loss' not in last
 
 
