@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+import flip_weights
 from train_step import TrainState
 
 
@@ -62,14 +63,22 @@ def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
 
 
 def load_pretrained_params(path: str, params):
-  """Weights of another run's checkpoint, without its optimiser state, fitted to `params`."""
-  try:
-    step_dir = latest_step_dir(path)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'config.pretrain_dir: {e}') from e
-  source = traverse_util.flatten_dict(
-      ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
+  """Weights of another run's checkpoint, without its optimiser state, fitted to `params`.
+
+  `path` holds this project's checkpoints or a FLIP release in t5x's layout
+  (flip_weights.py), whose names are mapped onto ours.
+  """
   target = traverse_util.flatten_dict(params, sep='/')
+  if flip_weights.find_step_dir(os.path.abspath(path)) is not None:
+    source = flip_weights.load(os.path.abspath(path),
+                               {name: value.shape for name, value in target.items()})
+  else:
+    try:
+      step_dir = latest_step_dir(path)
+    except FileNotFoundError as e:
+      raise FileNotFoundError(f'config.pretrain_dir: {e}') from e
+    source = traverse_util.flatten_dict(
+        ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
   if source.keys() != target.keys():
     scanned = lambda keys: any('/blocks/' in k for k in keys)
     hint = (' (one was trained with model.scan_layers and the other without: set it as the '

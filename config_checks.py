@@ -1,8 +1,12 @@
 """Start-up checks of a run config: each failure names the field and what was expected."""
 
 import masking
+import optimizer
 import partitioning
+from input_pipeline import augment
+from input_pipeline import tokenizer
 from input_pipeline import zeroshot
+from models import transformer
 
 
 def _require(ok: bool, message: str):
@@ -58,5 +62,31 @@ def check(config):
            f'config.model.clr.loss_chunk={chunk} must be 0 (off) or divide '
            f'config.batch_size={config.batch_size}')
   partitioning.logical_rules(config)  # a known strategy
+  tokenizer.from_config(config)  # a known tokenizer
+  _require(config.aug.crop_ver in augment.CROP_VERSIONS,
+           f'config.aug.crop_ver={config.aug.crop_ver!r}: expected one of '
+           f'{augment.CROP_VERSIONS}')
+  _require(config.aug.eval_pad >= 0, f'config.aug.eval_pad={config.aug.eval_pad}: must be >= 0')
+  _require(config.opt_mu_dtype in optimizer.MU_DTYPES,
+           f'config.opt_mu_dtype={config.opt_mu_dtype!r}: expected one of '
+           f'{sorted(optimizer.MU_DTYPES)}')
+  clr = config.model.clr
+  _require(clr.clr_loss, 'config.model.clr.clr_loss=False: the contrastive loss is the only '
+           'objective (as in FLIP); set it to True')
+  _require(clr.tau > 0 and clr.tau_init > 0, f'config.model.clr.tau={clr.tau} and tau_init='
+           f'{clr.tau_init}: temperatures must be positive')
+  txt = config.model.model_txt
+  _require(txt.mask_ratio == 0.0, f'config.model.model_txt.mask_ratio={txt.mask_ratio}: text '
+           'tokens are never masked (FLIP\'s model refuses it too); set 0.0')
+  _require(not txt.sincos, 'config.model.model_txt.sincos=True: the text tower\'s position '
+           'embedding is learned (FLIP\'s model refuses sin-cos too); set False')
+  for tower in ('model_img', 'model_txt'):
+    cfg = config.model[tower].transformer
+    for field in ('dropout_rate', 'attention_dropout_rate', 'droppath_rate'):
+      _require(0.0 <= cfg[field] < 1.0, f'config.model.{tower}.transformer.{field}='
+               f'{cfg[field]}: expected a probability in [0, 1)')
+    _require(cfg.remat_policy in transformer.REMAT_POLICIES,
+             f'config.model.{tower}.transformer.remat_policy={cfg.remat_policy!r}: expected '
+             f'one of {sorted(transformer.REMAT_POLICIES)}')
   if config.eval_dataset:
     zeroshot.templates(config.eval_templates)

@@ -1,7 +1,7 @@
 """Masked language-image pre-training: trains (or evaluates) a CLIP model from a config.
 
-  python main.py --workdir=DIR --config=configs/flip_base16.py --config.laion_path=PATH
-  python main.py --workdir=DIR --config=configs/flip_large16.py --config.pretrain_dir=CKPT \
+  python main.py --workdir=DIR --config=configs/cfg_flip_base.py --config.laion_path=PATH
+  python main.py --workdir=DIR --config=configs/cfg_flip_large.py --config.pretrain_dir=CKPT \
       --config.eval_only=True
 """
 

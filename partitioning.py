@@ -39,6 +39,12 @@ def logical_rules(config):
   return rules
 
 
+def optimizer_rules(config):
+  """Rules for the optimiser state under partitioning.partition_states: FSDP's, so each
+  moment is split over `data` along its `embed` axis."""
+  return [('embed', 'data')] + [r for r in logical_rules(config) if r[0] != 'embed']
+
+
 def jit(fn, mesh: Mesh, rules, **jit_kwargs):
   """jax.jit of `fn`, traced where the towers' logical activation constraints apply.
 
@@ -79,9 +85,12 @@ def check_divisibility(config, mesh: Mesh):
       if value % model_size:
         raise ValueError(f'config.model.{tower}.{field}={value} does not divide over the '
                          f'{model_size} devices of the model axis')
-    if config.partitioning.strategy == 'fsdp' and cfg.hidden_size % data_size:
+    split = [name for name, on in (('fsdp', config.partitioning.strategy == 'fsdp'),
+                                   ('partition_states', config.partitioning.partition_states))
+             if on]
+    if split and cfg.hidden_size % data_size:
       raise ValueError(f'config.model.{tower}.hidden_size={cfg.hidden_size} does not divide '
-                       f'over the {data_size} devices of the data axis (fsdp)')
+                       f'over the {data_size} devices of the data axis ({split[0]})')
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

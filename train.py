@@ -14,6 +14,7 @@ import numpy as np
 
 import checkpoints
 import config_checks
+import flip_weights
 import masking
 import metrics_writer
 import optimizer
@@ -68,10 +69,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   mesh = partitioning.make_mesh(config)
   partitioning.check_divisibility(config, mesh)
   model = clip.from_config(config)
-  tokenizer = tokenizer_lib.BertTokenizer(config.aug.txt.max_len, config.aug.txt.cls_token)
+  tokenizer = tokenizer_lib.from_config(config)
   policy = masking.get_policy(config, train=True)
   writer = metrics_writer.create_writer(workdir)
-  rng = jax.random.PRNGKey(config.seed)
+  rng = jax.random.PRNGKey(config.seed_jax)
   init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
 
   objective = train_step.objective_of(config, policy)
@@ -79,6 +80,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   state = train_step.create_train_state(config, model, init_rng, mesh, objective)
   manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
   resume_from = manager
+  if config.resume_dir and flip_weights.find_step_dir(os.path.abspath(config.resume_dir)):
+    raise ValueError(f'config.resume_dir={config.resume_dir!r} is a FLIP (t5x) checkpoint, '
+                     'whose optimiser state does not map onto this one; start from its '
+                     'weights with config.pretrain_dir instead')
   if config.resume_dir and manager.latest_step() is None:
     resume_from = checkpoints.checkpoint_manager(os.path.join(config.resume_dir, 'checkpoints')
                                      if os.path.isdir(os.path.join(config.resume_dir,
@@ -96,7 +101,8 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         jax.tree.map(jnp.copy, train_step.teacher_part(params)) if objective.use_teacher else None))
   start_step = int(state.step)
 
-  total_steps = optimizer.steps_of(config)['total']
+  periods = optimizer.steps_of(config)
+  total_steps = periods['total']
 
   def evaluate(step):
     scores = evaluator(state, eval_rng)
@@ -123,7 +129,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   dataset = laion.train_dataset(
       config, tokenizer, shards, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      seed=laion.host_seed(config.seed, start_step, jax.process_index()))
+      seed=laion.host_seed(config.seed_tf, start_step, jax.process_index()))
   own_files = laion.host_files(shards.files, jax.process_index(), jax.process_count())
   logging.info('Process %d of %d reads %d of the %d shard files, from %s',
                jax.process_index(), jax.process_count(), len(own_files), len(shards.files),
@@ -135,7 +141,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     if evaluator and evaluator.masked:
       evaluator = zeroshot_eval.ZeroShotEvaluator(config, model, mesh, tokenizer)
   batches = itertools.chain([first_batch], batches)
-  examples = first_batch['image'][:8]  # shown masked in TensorBoard at each evaluation
+  examples = first_batch['image'][:8]  # shown masked in TensorBoard every vis_every_epochs
   step_fn = train_step.jit_train_step(config, model, policy, objective, state, mesh)
   logging.info('Training %s for steps %d..%d on %d devices (%s masking, %d of %d patches '
                'kept), shards: %d %s files', workdir, start_step, total_steps,
@@ -183,7 +189,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                      summary['train_loss'], summary['images_per_sec'], _format_seconds(eta))
         results.update(summary)
         window_start, window_steps = time.time(), 0
-      if every(config.checkpoint_every_steps, step) or (is_last and config.save_at_end):
+      if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
         check_finite(step)
         with progress.timed('checkpoint'):
           checkpoints.save_checkpoint(manager, state)
@@ -192,9 +198,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                         (is_last and config.eval_at_end)):
         with progress.timed('eval'):
           results.update(evaluate(step))
-          writer.write_images(step, {'masked_examples': zeroshot_eval.example_grid(
-              model, policy, state, examples, eval_rng, mesh)[None]})
         window_start = time.time()  # evaluation time is not training throughput
+      if every(periods['pictures'], step) or is_last:
+        writer.write_images(step, {'masked_examples': zeroshot_eval.example_grid(
+            model, policy, state, examples, eval_rng, mesh)[None]})
   finally:
     manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
     writer.flush()

@@ -65,14 +65,21 @@ def dummy_inputs(config):
 
 
 def state_shardings(config, model, mesh, objective: Objective, tx):
-  """NamedShardings of every TrainState leaf, from the parameters' logical axis names."""
+  """NamedShardings of every TrainState leaf, from the parameters' logical axis names.
+
+  With partitioning.partition_states the optimiser state follows the FSDP rules (split
+  over `data`) whatever the weights do.
+  """
   boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
                          jax.random.PRNGKey(0))['params']
-  params = partitioning.param_shardings(nn.get_partition_spec(boxed), mesh,
-                                        partitioning.logical_rules(config))
+  specs = nn.get_partition_spec(boxed)
+  params = partitioning.param_shardings(specs, mesh, partitioning.logical_rules(config))
+  moments = params
+  if config.partitioning.partition_states:
+    moments = partitioning.param_shardings(specs, mesh, partitioning.optimizer_rules(config))
   repl = partitioning.replicated(mesh)
   opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
-                                    jax.eval_shape(tx.init, nn.unbox(boxed)), params,
+                                    jax.eval_shape(tx.init, nn.unbox(boxed)), moments,
                                     transform_non_params=lambda _: repl)
   return TrainState(step=repl, apply_fn=model.apply, params=params, tx=tx,
                     opt_state=opt_state,
@@ -129,22 +136,24 @@ def kept_fraction(policy, keep_idx, valid, rows):
 
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
                objective: Objective = Objective()):
-  rng = jax.random.fold_in(rng, state.step)
+  mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   images, tokens = batch['image'], batch['tokens']
   views, batch_size = objective.num_views, images.shape[0]
   teacher_features = scores = None
   if objective.use_teacher:
     teacher_features, scores = teacher_forward(model, state.ema_params, images)
-  keep_idx, valid = sample_views(policy, rng, images, scores, views)
+  keep_idx, valid = sample_views(policy, mask_rng, images, scores, views)
 
-  def towers(params, images, keep_idx, valid, tokens):
+  def towers(params, images, keep_idx, valid, tokens, dropout_rng):
     """Image features [V, b, E] of every view and text embeddings [b, E] of b examples."""
     rows = images.shape[0]
     view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
     flat = lambda x: None if x is None else x.reshape(views * rows, -1)
+    rngs = {'dropout': dropout_rng}
     features = model.apply({'params': params}, view_images, flat(keep_idx), flat(valid),
-                           method=clip.CLIP.image_features)
-    ztxt = model.apply({'params': params}, tokens, method=clip.CLIP.encode_text)
+                           train=True, rngs=rngs, method=clip.CLIP.image_features)
+    ztxt = model.apply({'params': params}, tokens, train=True, rngs=rngs,
+                       method=clip.CLIP.encode_text)
     return features.reshape(views, rows, -1), ztxt
 
   def objective_loss(params, features, ztxt):
@@ -173,7 +182,7 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
     return total, (terms, logit_scale)
 
   view_major = lambda x: None if x is None else x.reshape(views, batch_size, -1)
-  inputs = (images, view_major(keep_idx), view_major(valid), tokens)
+  inputs = (images, view_major(keep_idx), view_major(valid), tokens, dropout_rng)
   if objective.accum_steps == 1:
     def loss_fn(params):
       return objective_loss(params, *towers(params, *inputs))
@@ -213,7 +222,7 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
   gradient back through the towers. The result equals the full-batch gradient, negatives
   from every micro-batch included.
   """
-  images, keep_idx, valid, tokens = inputs
+  images, keep_idx, valid, tokens, dropout_rng = inputs
   batch_size = images.shape[0]
   if batch_size % accum_steps:
     raise ValueError(f'config.grad_accum_steps={accum_steps} does not divide the batch of '
@@ -226,7 +235,9 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
     x = x.reshape(accum_steps, batch_size // accum_steps, *x.shape[1:])
     return jnp.moveaxis(x, 1, axis + 1)
 
-  micro = (split(images), split(keep_idx, 1), split(valid, 1), split(tokens))
+  # Each micro-batch draws its own dropout, the same in its re-run.
+  micro = (split(images), split(keep_idx, 1), split(valid, 1), split(tokens),
+           jax.random.split(dropout_rng, accum_steps))
   frozen = jax.lax.stop_gradient(params)
   features, ztxt = jax.lax.map(lambda m: towers(frozen, *m), micro)
   features = jnp.moveaxis(features, 0, 1).reshape(features.shape[1], batch_size, -1)

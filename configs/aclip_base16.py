@@ -13,6 +13,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   default.set_size(config, 'B/16')
+  default.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
   config.model.model_img.mask_ratio = 0.5
   masking = config.model.model_img.masking
   masking.policy = 'attentive'

@@ -1,12 +1,20 @@
 """Every configuration field, documented once.
 
-Recipes (`flip_base16.py`, `tiny.py`, ...) call `get_config()` and change fields. Field names
-follow FLIP's JAX release so that its command lines keep working. Any field can be overridden
-on the command line, e.g. `--config.batch_size=256 --config.model.model_img.mask_ratio=0.0`.
+Recipes (`cfg_flip_large.py`, `tiny.py`, ...) call `get_config()` and change fields. Field
+names and default values follow FLIP's JAX release (its `configs/default.py`), so that its
+command lines and config files work unchanged; fields FLIP lacks are this project's
+additions. Any field can be overridden on the command line, e.g.
+`--config.batch_size=256 --config.model.model_img.mask_ratio=0.0`.
+
+Where a default here differs from FLIP's, or a FLIP field has no effect, the comment says
+so with `(FLIP: ...)`. Values that FLIP's model ignores (`clr.tau` while the temperature is
+learned) keep FLIP's meaning too. This project's own choices for new runs (text padding
+masked, a [CLS] token, patch-only image pooling) are in `project_choices` below; the
+recipes of the other methods (`glip_base16.py`, ...) and the demo use them, FLIP's files do
+not.
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 
 def get_config():
@@ -17,16 +25,18 @@ def get_config():
   # either TFRecord shards (features `jpg`, `txt`, `key`) or webdataset `.tar` shards
   # (`KEY.jpg` + `KEY.txt` [+ `KEY.json`]). The format is chosen by what the path holds.
   config.laion_path = ''
-  # Zero-shot evaluation set: a TFDS name (`imagenet2012`, split `eval_split`, read from
-  # $TFDS_DATA_DIR) or `folder:PATH` with one sub-folder of images per class. Empty: no eval.
-  config.eval_dataset = 'imagenet2012'
+  # Zero-shot evaluation set: a TFDS name, with or without a version (`imagenet2012`,
+  # `imagenet2012:5.*.*`; split `eval_split`, read from $TFDS_DATA_DIR) or `folder:PATH`
+  # with one sub-folder of images per class. Empty: no evaluation.
+  config.eval_dataset = 'imagenet2012:5.*.*'
   config.eval_split = 'validation'
   # Class names for `eval_dataset`: empty takes them from the data (folder names with `_` read
-  # as spaces; TFDS label names), `imagenet` takes the curated CLIP ImageNet names, any other
-  # value is a JSON file holding a list of names in label order.
+  # as spaces; TFDS label names, or the curated CLIP names for ImageNet), `imagenet` takes the
+  # curated CLIP ImageNet names, any other value is a JSON file holding a list of names in
+  # label order.
   config.eval_classnames = ''
-  # Prompt templates averaged into each class embedding: `short7`, `openai80`, or a JSON file
-  # holding a list of templates with `{}` where the class name goes.
+  # Prompt templates averaged into each class embedding: `short7` (FLIP's), `openai80`, or a
+  # JSON file holding a list of templates with `{}` where the class name goes.
   config.eval_templates = 'short7'
   config.eval_batch_size = 256
   # Evaluate on at most this many images (0: all of them).
@@ -37,12 +47,15 @@ def get_config():
   config.shuffle_buffer = 10_000
   # tf.data's parallel reads of shard files.
   config.num_parallel_reads = 16
+  # (FLIP: caches its evaluation set in memory.) No effect: tf.data reads the evaluation
+  # set once per evaluation.
+  config.cache = True
 
   # --- Schedule -----------------------------------------------------------
-  config.batch_size = 32768  # global batch over all hosts and devices (FLIP's 32k)
+  config.batch_size = 65536  # global batch over all hosts and devices (FLIP's default)
   config.learning_rate = 4e-6  # peak learning rate per 256 examples (scaled by batch_size/256)
-  config.warmup_epochs = 20.0
-  config.num_epochs = 10000.0
+  config.warmup_epochs = 40.0
+  config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.min_abs_lr = 0.0  # learning rate at the end of the cosine decay
   config.warmup_abs_lr = 0.0  # learning rate at step 0
   config.total_steps = 0  # > 0: train exactly this many steps, overriding num_epochs
@@ -55,41 +68,72 @@ def get_config():
   config.opt.weight_decay = 0.2
   # Clip the global gradient norm to this value (0: no clipping, as FLIP).
   config.opt.clip_grad_norm = 0.0
+  # (FLIP: concatenates all parameters into one vector for its optimiser, a t5x memory
+  # trick.) No effect: optax updates each parameter in place, with the same result.
+  config.opt.flatten_params = False
+  # dtype of AdamW's first moment: `bfloat16` halves its memory (FLIP's lever); the second
+  # moment stays float32.
+  config.opt_mu_dtype = 'float32'
   # Leave biases, norms, position embeddings, the class token and logit_scale out of decay.
   config.exclude_wd = True
 
   # --- Augmentation and tokenization --------------------------------------
   config.aug = ml_collections.ConfigDict()
-  config.aug.area_range = (0.5, 1.0)  # RandomResizedCrop area fraction
-  config.aug.aspect_ratio_range = (3.0 / 4.0, 4.0 / 3.0)
+  config.aug.area_range = (0.5, 1)  # RandomResizedCrop area fraction
+  config.aug.aspect_ratio_range = (3.0 / 4, 4.0 / 3.0)
+  # Training crop: `v4` (FLIP's: PyTorch's RandomResizedCrop, 10 tries, else a centre crop
+  # of 224/256 of the shorter side) or `vc` (the centre crop of evaluation, no randomness).
+  config.aug.crop_ver = 'v4'
+  # Evaluation: the centre square of size / (size + eval_pad) of the shorter side, resized
+  # to image_size (0: the whole centre square; 32 is the classic 224/256 crop).
+  config.aug.eval_pad = 0
   config.aug.flip = True  # random horizontal flip
   config.aug.txt = ml_collections.ConfigDict()
-  config.aug.txt.tokenizer = 'tf_bert'  # BERT uncased WordPiece, in the tf.data graph
+  # BERT uncased WordPiece, in the tf.data graph; the only tokenizer (FLIP's).
+  config.aug.txt.tokenizer = 'tf_bert'
   config.aug.txt.max_len = 32
-  # Prepend [CLS] and append [SEP], so that first-token pooling reads a dedicated token.
-  config.aug.txt.cls_token = True
+  # Prepend [CLS], so that first-token pooling reads a dedicated token; FLIP's runs have none
+  # and pool the first word piece.
+  config.aug.txt.cls_token = False
+  # Append [SEP] after the last word piece (this project's; FLIP never does).
+  config.aug.txt.sep_token = False
 
   # --- Run control --------------------------------------------------------
-  config.seed = 0
-  config.log_every_steps = 50
+  # Seeds: `seed_jax` for parameter initialisation, masks and dropout; `seed_tf` for the
+  # data (shard order, shuffling, crops, flips). (FLIP: `seed_pt`, a PyTorch seed.) No effect.
+  config.seed_jax = 0
+  config.seed_tf = 0
+  config.seed_pt = 0
+  config.log_every_steps = 200
   config.eval_every_steps = 0  # 0: only at the end (if eval_at_end)
-  config.checkpoint_every_steps = 1000  # 0: only at the end (if save_at_end)
+  # A checkpoint every this many virtual epochs (0: none but the last, if save_at_end) ...
+  config.save_every_epochs = 100.0
+  # ... or, when > 0, every this many steps instead.
+  config.checkpoint_every_steps = 0
+  # Pictures of the masked training images to TensorBoard every this many virtual epochs
+  # (and at the end).
+  config.vis_every_epochs = 20.0
   config.eval_at_end = True
   config.save_at_end = True
   config.keep_checkpoints = 3  # the newest N checkpoints are kept
   config.eval_only = False  # load pretrain_dir (or the workdir's latest checkpoint), evaluate, exit
-  # A checkpoint directory (a step folder or a CheckpointManager directory, newest step taken)
-  # whose weights initialise the model; the optimiser state is not loaded.
-  config.pretrain_dir = config_dict.placeholder(str)
-  # Resume from another run's checkpoints instead of the workdir's own.
-  config.resume_dir = config_dict.placeholder(str)
+  # Weights to start from, without their optimiser state: this project's checkpoints (a
+  # workdir, its checkpoints/ folder or one step's folder) or a FLIP release as it comes
+  # (t5x: a folder of checkpoint_<step>/ or one of them). Empty: none.
+  config.pretrain_dir = ''
+  # Resume from another run's checkpoints instead of the workdir's own (empty: none).
+  config.resume_dir = ''
 
   # --- Partitioning -------------------------------------------------------
   config.partitioning = ml_collections.ConfigDict()
   # Size of the `model` mesh axis (tensor parallel over heads and MLP width); the other
   # devices form the `data` axis.
   config.partitioning.num_partitions = 1
-  # dp: weights and optimiser state replicated over `data`; fsdp: sharded over it (ZeRO-3).
+  # Shard the optimiser state over the `data` axis along its `embed` axis even where the
+  # weights are replicated (ZeRO-1; FLIP's large and huge recipes set it).
+  config.partitioning.partition_states = False
+  # dp: weights replicated over `data`; fsdp: weights and optimiser state sharded over it
+  # (ZeRO-3).
   config.partitioning.strategy = 'dp'
   # Logical axis -> mesh axis (None: replicated); fsdp puts `embed` on `data`.
   config.partitioning.rules = (('embed', None), ('mlp', 'model'), ('heads', 'model'),
@@ -99,15 +143,29 @@ def get_config():
   # without gradient, then each micro-batch is re-run with its share of the gradient.
   config.grad_accum_steps = 1
 
-  # --- Model (FLIP's recipe: ViT-L/16 image tower, 12-layer text tower) ---
+  # --- Model (FLIP's: ViT-L/16 image tower, 12-layer text tower) ---------
   config.model = ml_collections.ConfigDict()
   config.model.model_img = get_config_img()
   config.model.model_txt = get_config_txt()
   config.model.clr = ml_collections.ConfigDict()
-  config.model.clr.proj_dim_out = 768  # shared embedding width
-  config.model.clr.tau = 0.07  # initial temperature: logit_scale starts at log(1 / tau)
+  # Temperature: fixed at `tau` when tau_learnable is False. A learned one starts at
+  # `tau_init` (FLIP hard-codes 0.07 and ignores `tau`) and logit_scale = log(1 / temperature)
+  # is clipped to [0, log(max_logit_scale)].
+  config.model.clr.tau = 0.01
   config.model.clr.tau_learnable = True
-  config.model.clr.max_logit_scale = 100.0  # logit_scale is clipped at log(this)
+  config.model.clr.tau_init = 0.07
+  config.model.clr.max_logit_scale = 100.0
+  config.model.clr.proj_dim_out = 768  # shared embedding width
+  config.model.clr.proj_out_bias = False  # biases of the two output projections
+  # The contrastive loss; FLIP has no other objective, and neither has this code (True only).
+  config.model.clr.clr_loss = True
+  # Image embedding: the mean of the encoded tokens (True) or the class token (False).
+  config.model.clr.img_avg_token = True
+  # With img_avg_token: the class token is averaged in too (FLIP), or only patch tokens.
+  config.model.clr.img_avg_with_cls = True
+  # Text embedding: the mean of the tokens (True; padding included unless
+  # model_txt.mask_padding) or the first token (False).
+  config.model.clr.txt_avg_token = False
   # > 0: form the B x B logits this many rows at a time (must divide batch_size), so that a
   # huge global batch never materialises them whole.
   config.model.clr.loss_chunk = 0
@@ -124,7 +182,22 @@ def get_config():
   # one block, and remat saves exactly what its policy says. False unrolls the blocks
   # (block_00, ...), which XLA fuses better in small models; checkpoints differ in layout.
   config.model.scan_layers = True
-  return set_size(config, 'L/16')
+  return config
+
+
+def _transformer(config, width, heads, layers):
+  config.transformer.mlp_dim = width * 4
+  config.transformer.num_heads = heads
+  config.transformer.num_layers = layers
+  # Dropout on each branch's output and after the MLP's activation; on the attention
+  # weights; and drop-path (stochastic depth) growing linearly from 0 at the first block to
+  # this rate at the last, all in training only.
+  config.transformer.attention_dropout_rate = 0.0
+  config.transformer.dropout_rate = 0.0
+  config.transformer.droppath_rate = 0.0
+  # Rematerialisation per block: none | minimal (save only weight matmuls' outputs) |
+  # full (recompute every block) | actcp (FLIP's name for full).
+  config.transformer.remat_policy = 'none'
 
 
 def get_config_img():
@@ -133,14 +206,13 @@ def get_config_img():
   config.mask_ratio = 0.5
   # Position embedding: fixed 2-D sin-cos (True, FLIP) or learned (False).
   config.sincos = True
-  # Tower widths and depths: see SIZES and set_size below.
+  # (FLIP: the module's name.) No effect: parameters are `image/...` here; FLIP's
+  # checkpoints are mapped by name when loaded.
+  config.name = 'img_encoder'
   config.patches = ml_collections.ConfigDict({'size': (16, 16)})
-  config.hidden_size = 0
+  config.hidden_size = 1024
   config.transformer = ml_collections.ConfigDict()
-  config.transformer.mlp_dim = 0
-  config.transformer.num_heads = 0
-  config.transformer.num_layers = 0
-  config.transformer.remat_policy = 'none'  # none | minimal | full
+  _transformer(config, 1024, 16, 24)
   config.masking = ml_collections.ConfigDict()
   # Which patches are kept: none | random (FLIP) | gaussian (GLIP) | cluster (Masking
   # Clusters) | attentive (A-CLIP). mask_ratio 0 keeps every patch whatever the policy.
@@ -172,13 +244,32 @@ def get_config_img():
 
 def get_config_txt():
   config = ml_collections.ConfigDict()
+  # Text tokens are never masked and the position embedding is learned, as in FLIP (whose
+  # model refuses other values too): 0.0 and False only.
+  config.mask_ratio = 0.0
+  config.sincos = False
+  config.name = 'txt_encoder'  # (FLIP: the module's name.) No effect.
   config.vocab_size = 30523  # BERT's 30,522 WordPieces + 1 out-of-vocabulary id
-  config.hidden_size = 0
+  config.hidden_size = 768
   config.transformer = ml_collections.ConfigDict()
-  config.transformer.mlp_dim = 0
-  config.transformer.num_heads = 0
-  config.transformer.num_layers = 0
-  config.transformer.remat_policy = 'none'
+  _transformer(config, 768, 12, 12)
+  # Keep padding out of attention and pooling. FLIP's text tower attends to every token,
+  # padding included (False), and its released weights need that to give its embeddings.
+  config.mask_padding = False
+  return config
+
+
+def project_choices(config):
+  """This project's choices for new runs, where they differ from FLIP's model.
+
+  A [CLS] and a [SEP] token around each caption, so that first-token pooling reads a token
+  of its own; padding masked out of text attention; image embedding averaged over the
+  patches only. Each is a config field, set here in one place for the recipes that use it.
+  """
+  config.aug.txt.cls_token = True
+  config.aug.txt.sep_token = True
+  config.model.model_txt.mask_padding = True
+  config.model.clr.img_avg_with_cls = False
   return config
 
 

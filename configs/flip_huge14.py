@@ -1,15 +1,6 @@
-"""FLIP ViT-H/14 on LAION-400M: 50% random masking, 10,000 ImageNet-sized epochs.
+"""FLIP H/14: another name for configs/cfg_flip_huge14.py, FLIP's own file.
 
   python main.py --workdir=DIR --config=configs/flip_huge14.py --config.laion_path=PATH
 """
 
-from configs import default
-
-
-def get_config():
-  config = default.get_config()
-  default.set_size(config, 'H/14')
-  config.model.model_img.mask_ratio = 0.5
-  config.model.model_img.masking.policy = 'random'
-  config.model.model_img.transformer.remat_policy = 'minimal'  # activations of 32 blocks
-  return config
+from configs.cfg_flip_huge14 import get_config  # pylint: disable=unused-import

@@ -1,14 +1,6 @@
-"""FLIP ViT-L/16 on LAION-400M: 50% random masking, 10,000 ImageNet-sized epochs (~32 LAION).
+"""FLIP L/16: another name for configs/cfg_flip_large.py, FLIP's own file.
 
   python main.py --workdir=DIR --config=configs/flip_large16.py --config.laion_path=PATH
 """
 
-from configs import default
-
-
-def get_config():
-  config = default.get_config()
-  default.set_size(config, 'L/16')
-  config.model.model_img.mask_ratio = 0.5
-  config.model.model_img.masking.policy = 'random'
-  return config
+from configs.cfg_flip_large import get_config  # pylint: disable=unused-import

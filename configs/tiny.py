@@ -10,6 +10,7 @@ from configs import default
 def get_config():
   config = default.get_config()
   default.set_size(config, 'tiny')
+  default.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
   config.laion_path = 'data/demo/train'
   config.eval_dataset = 'folder:data/demo/zeroshot'
   config.samples_per_epoch = 20000  # the demo set's size
@@ -26,6 +27,7 @@ def get_config():
   config.log_every_steps = 25
   config.eval_every_steps = 100
   config.checkpoint_every_steps = 200
+  config.vis_every_epochs = 1.0
   # Unrolled blocks: XLA fuses across them, faster for 4 small layers on a CPU.
   config.model.scan_layers = False
   config.model.model_img.mask_ratio = 0.5

@@ -136,7 +136,8 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
       image_bytes, text = example['jpg'], example['txt']
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])
     image = augment.train_image(image_bytes, config.image_size, example_seed,
-                                tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip)
+                                tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip,
+                                aug.crop_ver)
     return {'index': index, 'image': image, 'tokens': tokenizer(text)}
 
   def count_skipped(expected_index, example):

@@ -127,7 +127,7 @@ def zeroshot_dataset(config, *, local_batch_size: int, process_index: int = 0,
   num_batches = math.ceil(per_host / local_batch_size)
 
   def preprocess(image_bytes, label):
-    return {'image': augment.eval_image(image_bytes, config.image_size),
+    return {'image': augment.eval_image(image_bytes, config.image_size, config.aug.eval_pad),
             'label': tf.cast(label, tf.int32), 'mask': tf.constant(1.0)}
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)

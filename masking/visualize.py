@@ -105,8 +105,8 @@ def demo_images(config, count):
   config = config.copy_and_resolve_references()
   config.batch_size = count
   shards = laion.list_shards(config.laion_path)
-  dataset = laion.train_dataset(config, tokenizer.BertTokenizer(config.aug.txt.max_len),
-                                shards, seed=config.seed)
+  dataset = laion.train_dataset(config, tokenizer.from_config(config), shards,
+                                seed=config.seed_tf)
   return jnp.asarray(next(dataset.as_numpy_iterator())['image'])
 
 

@@ -31,6 +31,8 @@ class Head(nn.Module):
 
 
 class CLIP(nn.Module):
+  """A learnable logit scale starts at `init_logit_scale` and is clipped to
+  [0, max_logit_scale], as FLIP's; a fixed one is used as it is."""
   image: VisionTower
   text: TextTower
   init_logit_scale: float = float(np.log(1 / 0.07))
@@ -48,9 +50,9 @@ class CLIP(nn.Module):
   def encode_image(self, images, keep_idx=None, valid=None):
     return l2_normalize(self.image(images, keep_idx, valid))
 
-  def image_features(self, images, keep_idx=None, valid=None):
+  def image_features(self, images, keep_idx=None, valid=None, train=False):
     """The image tower's output before normalisation, for the auxiliary heads."""
-    return self.image(images, keep_idx, valid)
+    return self.image(images, keep_idx, valid, train=train)
 
   def project(self, features):
     return self.projector(features)
@@ -58,14 +60,13 @@ class CLIP(nn.Module):
   def predict(self, features):
     return self.predictor(self.projector(features))
 
-  def encode_text(self, tokens):
-    return l2_normalize(self.text(tokens))
+  def encode_text(self, tokens, train=False):
+    return l2_normalize(self.text(tokens, train=train))
 
   def logit_scale(self):
-    scale = self.log_scale
     if not self.learn_logit_scale:
-      scale = jax.lax.stop_gradient(scale)
-    return jnp.minimum(scale, self.max_logit_scale)
+      return jax.lax.stop_gradient(self.log_scale)
+    return jnp.clip(self.log_scale, 0.0, self.max_logit_scale)
 
   def __call__(self, images, tokens, keep_idx=None, valid=None):
     """Returns (image embeddings [B, E], text embeddings [B, E], logit scale (log))."""
@@ -130,19 +131,30 @@ def from_config(config) -> CLIP:
   img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
   aclip = config.model.aclip
   head_dim = aclip.head_dim if aclip.distill_weight > 0 or aclip.simclr_weight > 0 else 0
+
+  def regularisation(tower):
+    return dict(dropout_rate=tower.transformer.dropout_rate,
+                attention_dropout_rate=tower.transformer.attention_dropout_rate,
+                droppath_rate=tower.transformer.droppath_rate)
+
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
       num_layers=img.transformer.num_layers, num_heads=img.transformer.num_heads,
       mlp_dim=img.transformer.mlp_dim, embed_dim=clr.proj_dim_out, sincos=img.sincos,
       remat_policy=img.transformer.remat_policy, scan_layers=config.model.scan_layers,
-      dtype=dtype)
+      dtype=dtype, projection_bias=clr.proj_out_bias,
+      pool=('cls' if not clr.img_avg_token else
+            'mean' if clr.img_avg_with_cls else 'mean_patches'),
+      **regularisation(img))
   text = TextTower(
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
       num_layers=txt.transformer.num_layers, num_heads=txt.transformer.num_heads,
       mlp_dim=txt.transformer.mlp_dim, embed_dim=clr.proj_dim_out,
       remat_policy=txt.transformer.remat_policy, scan_layers=config.model.scan_layers,
-      dtype=dtype)
-  return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / clr.tau)),
+      dtype=dtype, mask_padding=txt.mask_padding, projection_bias=clr.proj_out_bias,
+      pool='mean' if clr.txt_avg_token else 'first', **regularisation(txt))
+  tau = clr.tau_init if clr.tau_learnable else clr.tau
+  return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),
               learn_logit_scale=clr.tau_learnable, head_dim=head_dim)
 

@@ -1,17 +1,20 @@
-"""Text tower: learned position embedding, bidirectional encoder, first-token pooling."""
+"""Text tower: learned position embedding, bidirectional encoder, first-token or mean pooling."""
 
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from models.transformer import TOKENS, Encoder, logical, place
+from models.transformer import TOKENS, XAVIER, Encoder, logical, place
+from models.vit import masked_mean
 
 Dtype = Any
 PAD_ID = 0
 
 
 class TextTower(nn.Module):
+  """`mask_padding=False` is FLIP's tower: every token, padding included, is attended to and
+  averaged (`pool='mean'`); True keeps padding out of both."""
   vocab_size: int
   max_len: int
   hidden_size: int
@@ -22,20 +25,33 @@ class TextTower(nn.Module):
   remat_policy: str = 'none'
   scan_layers: bool = True
   dtype: Dtype = jnp.float32
+  mask_padding: bool = True
+  pool: str = 'first'  # or 'mean'
+  projection_bias: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, tokens):
+  def __call__(self, tokens, train=False):
     """`tokens` int [B, L] with L <= max_len, padded with PAD_ID."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f'text of {tokens.shape[1]} tokens exceeds max_len={self.max_len}')
+    if self.pool not in ('first', 'mean'):
+      raise ValueError(f"text pooling {self.pool!r}: expected 'first' or 'mean'")
     x = nn.Embed(self.vocab_size, self.hidden_size, dtype=self.dtype, name='token_embedding',
                  embedding_init=logical(nn.initializers.normal(0.02), ('vocab', 'embed')))(tokens)
-    pos = self.param('pos_embedding', logical(nn.initializers.normal(0.01), (None, None, 'embed')),
+    pos = self.param('pos_embedding', logical(nn.initializers.normal(0.02), (None, None, 'embed')),
                      (1, self.max_len, self.hidden_size))
     x = place(x + pos[:, :tokens.shape[1]].astype(self.dtype), TOKENS)
+    key_mask = tokens != PAD_ID if self.mask_padding else None
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                scan_layers=self.scan_layers, name='encoder')(x, key_mask=tokens != PAD_ID)
-    embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
-                         kernel_init=logical(nn.initializers.lecun_normal(),
-                                             ('embed', 'joint')))(x[:, 0])
+                scan_layers=self.scan_layers, dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                droppath_rate=self.droppath_rate, deterministic=not train,
+                name='encoder')(x, key_mask=key_mask)
+    pooled = x[:, 0] if self.pool == 'first' else masked_mean(x, key_mask)
+    embedding = nn.Dense(self.embed_dim, use_bias=self.projection_bias, dtype=self.dtype,
+                         name='projection', kernel_init=logical(XAVIER, ('embed', 'joint')),
+                         bias_init=logical(nn.initializers.zeros, ('joint',)))(pooled)
     return place(embedding, ('batch', 'joint'))

@@ -18,7 +18,13 @@ REMAT_POLICIES = {
     # Save only the weight matmuls' outputs; recompute attention and elementwise ops.
     'minimal': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     'full': jax.checkpoint_policies.nothing_saveable,
+    'actcp': jax.checkpoint_policies.nothing_saveable,  # FLIP's name for `full`
 }
+
+# FLIP's initialisers. Its q, k and v are three [D, D] kernels where other code fuses one
+# [D, 3D]; the 0.5 keeps their variance that of the fused kernel.
+QKV_INIT = nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform')
+XAVIER = nn.initializers.xavier_uniform()
 
 
 TOKENS = ('batch', 'length', 'embed')
@@ -45,14 +51,16 @@ class HeadsDense(nn.Module):
   kernel_names: Sequence[Optional[str]]
   bias_names: Sequence[Optional[str]]
   dtype: Dtype = jnp.float32
+  scale: float = 1.0  # of the fan-average uniform initialiser (0.5 for q, k, v)
 
   @nn.compact
   def __call__(self, x):
     features = tuple(self.features)
     contracted = x.shape[x.ndim - self.num_contracted:]
     n_in = len(contracted)
-    init = nn.initializers.xavier_uniform(
-        in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + len(features))))
+    init = nn.initializers.variance_scaling(
+        self.scale, 'fan_avg', 'uniform', in_axis=tuple(range(n_in)),
+        out_axis=tuple(range(n_in, n_in + len(features))))
     kernel = self.param('kernel', logical(init, tuple(self.kernel_names)),
                         contracted + features)
     bias = self.param('bias', logical(nn.initializers.zeros, tuple(self.bias_names)),
@@ -70,6 +78,8 @@ class Attention(nn.Module):
   num_heads: int
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
+  dropout_rate: float = 0.0  # on the attention weights, in training
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x, key_mask: Optional[jax.Array] = None):
@@ -80,7 +90,7 @@ class Attention(nn.Module):
 
     def project(name):
       return HeadsDense((self.num_heads, head_dim), 1, ('embed', 'heads', 'kv'),
-                        ('heads', 'kv'), self.dtype, name=name)(x)
+                        ('heads', 'kv'), self.dtype, scale=0.5, name=name)(x)
 
     query, key, value = (place(project(name), ('batch', 'length', 'heads', 'kv'))
                          for name in ('query', 'key', 'value'))
@@ -89,7 +99,8 @@ class Attention(nn.Module):
     if key_mask is not None:
       logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    attended = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+    out = jnp.einsum('bhqk,bkhd->bqhd', attended, value)
     out = place(HeadsDense((width,), 2, ('heads', 'kv', 'embed'), ('embed',), self.dtype,
                            name='out')(out), TOKENS)
     if self.cls_attention:
@@ -100,19 +111,29 @@ class Attention(nn.Module):
 class MlpBlock(nn.Module):
   mlp_dim: int
   dtype: Dtype = jnp.float32
+  dropout_rate: float = 0.0
+  deterministic: bool = True
 
   @nn.compact
   def __call__(self, x):
     width = x.shape[-1]
-    init = nn.initializers.xavier_uniform()
+    dropout = nn.Dropout(self.dropout_rate, deterministic=self.deterministic)
     x = nn.Dense(self.mlp_dim, dtype=self.dtype,
-                 kernel_init=logical(init, ('embed', 'mlp')),
-                 bias_init=logical(nn.initializers.normal(1e-6), ('mlp',)))(x)
-    x = place(nn.gelu(x), ('batch', 'length', 'mlp'))
-    return place(nn.Dense(width, dtype=self.dtype,
-                          kernel_init=logical(init, ('mlp', 'embed')),
-                          bias_init=logical(nn.initializers.normal(1e-6), ('embed',)))(x),
-                 TOKENS)
+                 kernel_init=logical(XAVIER, ('embed', 'mlp')),
+                 bias_init=logical(nn.initializers.zeros, ('mlp',)))(x)
+    x = place(dropout(nn.gelu(x)), ('batch', 'length', 'mlp'))
+    x = nn.Dense(width, dtype=self.dtype, kernel_init=logical(XAVIER, ('mlp', 'embed')),
+                 bias_init=logical(nn.initializers.zeros, ('embed',)))(x)
+    return place(dropout(x), TOKENS)
+
+
+def drop_path(module: nn.Module, x, rate, skip: bool):
+  """Stochastic depth: zeroes a residual branch per example with probability `rate` (which
+  may be traced: it grows with depth inside a scan), scaling the rest by 1 / (1 - rate)."""
+  if skip:
+    return x
+  keep = jax.random.bernoulli(module.make_rng('dropout'), 1.0 - rate, (x.shape[0], 1, 1))
+  return jnp.where(keep, x / jnp.maximum(1.0 - rate, 1e-6).astype(x.dtype), 0).astype(x.dtype)
 
 
 def layer_norm(dtype, name=None):
@@ -122,26 +143,37 @@ def layer_norm(dtype, name=None):
 
 
 class EncoderBlock(nn.Module):
-  """One pre-LN block in nn.scan's form: (tokens, attention sum), key_mask -> (same, None).
+  """One pre-LN block in nn.scan's form: (tokens, attention sum), key_mask, droppath rate
+  -> (same, None).
 
   With `cls_attention` the class token's attention to the other tokens, averaged over
-  heads, is added to the running sum.
+  heads, is added to the running sum. Dropout follows FLIP: on the attention weights, after
+  the MLP's activation, and on each branch's output, then drop-path on each branch.
   """
   num_heads: int
   mlp_dim: int
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  deterministic: bool = True
+  droppath: bool = False  # whether droppath_rate may be non-zero (static)
 
   @nn.compact
-  def __call__(self, carry, key_mask=None):
+  def __call__(self, carry, key_mask=None, droppath_rate=0.0):
     x, attention_sum = carry
-    attended = Attention(self.num_heads, self.dtype, self.cls_attention, name='attention')(
-        layer_norm(self.dtype, 'norm_attention')(x), key_mask)
+    attended = Attention(self.num_heads, self.dtype, self.cls_attention,
+                         self.attention_dropout_rate, self.deterministic, name='attention')(
+                             layer_norm(self.dtype, 'norm_attention')(x), key_mask)
     if self.cls_attention:
       attended, cls_weights = attended
       attention_sum = attention_sum + cls_weights
-    x = x + attended
-    x = x + MlpBlock(self.mlp_dim, self.dtype, name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
+    attended = nn.Dropout(self.dropout_rate)(attended, deterministic=self.deterministic)
+    skip_droppath = self.deterministic or not self.droppath
+    x = x + drop_path(self, attended, droppath_rate, skip_droppath)
+    y = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, self.deterministic,
+                 name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
+    x = x + drop_path(self, y, droppath_rate, skip_droppath)
     return (place(x, TOKENS), attention_sum), None
 
 
@@ -164,6 +196,16 @@ class Encoder(nn.Module):
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
   scan_layers: bool = True
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  # Drop-path rate of the last block; block i gets droppath_rate * i / (num_layers - 1).
+  droppath_rate: float = 0.0
+  deterministic: bool = True  # False in training: dropout and drop-path apply
+
+  def droppath_rates(self):
+    if self.num_layers == 1 or self.droppath_rate == 0:
+      return jnp.zeros((self.num_layers,), jnp.float32)
+    return self.droppath_rate * jnp.arange(self.num_layers) / (self.num_layers - 1)
 
   @nn.compact
   def __call__(self, x, key_mask=None):
@@ -175,18 +217,21 @@ class Encoder(nn.Module):
       # Within a scan the layers cannot be merged anyway, so CSE may stay on.
       block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy],
                        prevent_cse=not self.scan_layers)
-    args = (self.num_heads, self.mlp_dim, self.dtype, self.cls_attention)
+    args = (self.num_heads, self.mlp_dim, self.dtype, self.cls_attention, self.dropout_rate,
+            self.attention_dropout_rate, self.deterministic, self.droppath_rate > 0)
     x = place(x, TOKENS)
     carry = (x, jnp.zeros(x.shape[:1] + (x.shape[1] - 1,) if self.cls_attention else (),
                           jnp.float32))
+    rates = self.droppath_rates()
     if self.scan_layers:
-      blocks = nn.scan(block, variable_axes={'params': 0}, split_rngs={'params': True},
-                       in_axes=nn.broadcast, length=self.num_layers,
+      blocks = nn.scan(block, variable_axes={'params': 0},
+                       split_rngs={'params': True, 'dropout': True},
+                       in_axes=(nn.broadcast, 0), length=self.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, _ = blocks(*args, name='blocks')(carry, key_mask)
+      carry, _ = blocks(*args, name='blocks')(carry, key_mask, rates)
     else:
       for i in range(self.num_layers):
-        carry, _ = block(*args, name=f'block_{i:02d}')(carry, key_mask)
+        carry, _ = block(*args, name=f'block_{i:02d}')(carry, key_mask, rates[i])
     x, total = carry
     x = layer_norm(self.dtype, 'norm_out')(x)
     return (x, total / self.num_layers) if self.cls_attention else x

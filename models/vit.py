@@ -7,13 +7,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.transformer import TOKENS, Encoder, logical, place
+from models.transformer import TOKENS, XAVIER, Encoder, logical, place
 
 Dtype = Any
+POOLINGS = ('mean', 'mean_patches', 'cls')
 
 
 def sincos_2d(grid_hw: Sequence[int], width: int) -> np.ndarray:
-  """Fixed 2-D sin-cos position embedding, [gh * gw, width], rows in row-major patch order."""
+  """Fixed 2-D sin-cos position embedding, [gh * gw, width], rows in row-major patch order.
+
+  As FLIP's table: the column (x) code fills the first half of the channels, the row (y)
+  code the second, each as [sin, cos] of the position times 1 / 10000^(i / (width / 4)).
+  """
   if width % 4:
     raise ValueError(f'sin-cos position embedding needs a width divisible by 4, got {width}')
   gh, gw = grid_hw
@@ -25,7 +30,7 @@ def sincos_2d(grid_hw: Sequence[int], width: int) -> np.ndarray:
     angles = np.einsum('n,d->nd', pos.reshape(-1), omega)
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
-  return np.concatenate([embed(ys), embed(xs)], axis=1).astype(np.float32)
+  return np.concatenate([embed(xs), embed(ys)], axis=1).astype(np.float32)
 
 
 def gather_tokens(x: jax.Array, keep_idx: jax.Array) -> jax.Array:
@@ -41,11 +46,19 @@ def masked_mean(x: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
   return (x * weights).sum(axis=1) / jnp.maximum(weights.sum(axis=1), 1)
 
 
+def patch_kernel_init(key, shape, dtype=jnp.float32):
+  """Xavier-uniform over the conv kernel viewed as a [h * w * c, width] matrix (FLIP)."""
+  return nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform', in_axis=(0, 1, 2),
+                                          out_axis=3)(key, shape, dtype)
+
+
 class VisionTower(nn.Module):
-  """Conv patch embedding, position embedding, masking gather, class token, encoder, mean pool.
+  """Conv patch embedding, position embedding, masking gather, class token, encoder, pooling.
 
   `keep_idx` [B, K] selects patches by row-major index after position embeddings are added;
   `valid` [B, K] marks padding (False) that is excluded from attention and pooling.
+  `pool`: `mean` averages every encoded token, the class token included (FLIP);
+  `mean_patches` the patch tokens only; `cls` reads the class token.
   """
   patch_size: Sequence[int]
   hidden_size: int
@@ -57,15 +70,21 @@ class VisionTower(nn.Module):
   remat_policy: str = 'none'
   scan_layers: bool = True
   dtype: Dtype = jnp.float32
+  pool: str = 'mean'
+  projection_bias: bool = False
+  dropout_rate: float = 0.0
+  attention_dropout_rate: float = 0.0
+  droppath_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, images, keep_idx=None, valid=None, cls_attention=False):
+  def __call__(self, images, keep_idx=None, valid=None, cls_attention=False, train=False):
     """Embeddings [B, E]; with `cls_attention`, also the class token's attention to each
     encoded patch [B, K] (to every patch in row-major order when keep_idx is None)."""
+    if self.pool not in POOLINGS:
+      raise ValueError(f'image pooling {self.pool!r}: expected one of {POOLINGS}')
     x = nn.Conv(self.hidden_size, tuple(self.patch_size), strides=tuple(self.patch_size),
                 padding='VALID', dtype=self.dtype, name='patch_embedding',
-                kernel_init=logical(nn.initializers.lecun_normal(),
-                                    (None, None, None, 'embed')),
+                kernel_init=logical(patch_kernel_init, (None, None, None, 'embed')),
                 bias_init=logical(nn.initializers.zeros, ('embed',)))(images.astype(self.dtype))
     batch, gh, gw, width = x.shape
     x = place(x.reshape(batch, gh * gw, width), TOKENS)
@@ -78,19 +97,27 @@ class VisionTower(nn.Module):
     x = x + pos.astype(self.dtype)
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)
-    cls = self.param('cls', logical(nn.initializers.zeros, (None, None, 'embed')),
+    cls = self.param('cls', logical(nn.initializers.normal(0.02), (None, None, 'embed')),
                      (1, 1, width))
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, width)), x], 1)
     key_mask = None
     if valid is not None:
       key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
-                cls_attention, self.scan_layers, name='encoder')(x, key_mask)
+                cls_attention, self.scan_layers, self.dropout_rate,
+                self.attention_dropout_rate, self.droppath_rate, deterministic=not train,
+                name='encoder')(x, key_mask)
     if cls_attention:
       x, attention = x
-    pooled = masked_mean(x[:, 1:], valid)
-    embedding = nn.Dense(self.embed_dim, use_bias=False, dtype=self.dtype, name='projection',
-                         kernel_init=logical(nn.initializers.lecun_normal(),
-                                             ('embed', 'joint')))(pooled)
+    if self.pool == 'mean':
+      pooled = masked_mean(x, key_mask)
+    elif self.pool == 'mean_patches':
+      pooled = masked_mean(x[:, 1:], valid)
+    else:
+      pooled = x[:, 0]
+    embedding = nn.Dense(self.embed_dim, use_bias=self.projection_bias, dtype=self.dtype,
+                         name='projection',
+                         kernel_init=logical(XAVIER, ('embed', 'joint')),
+                         bias_init=logical(nn.initializers.zeros, ('joint',)))(pooled)
     embedding = place(embedding, ('batch', 'joint'))
     return (embedding, attention) if cls_attention else embedding

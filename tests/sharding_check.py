@@ -22,7 +22,8 @@ from models import clip
 from tests.conftest import micro_config
 
 MESHES = {'one_device': ('dp', 1, 1), 'dp': ('dp', 1, 8), 'fsdp': ('fsdp', 1, 8),
-          'dp_tp': ('dp', 2, 8), 'fsdp_tp': ('fsdp', 2, 8)}
+          'dp_tp': ('dp', 2, 8), 'fsdp_tp': ('fsdp', 2, 8),
+          'dp_states': ('dp', 1, 8)}  # with partitioning.partition_states (FLIP's ZeRO-1)
 
 
 def config_for(demo_dir, **overrides):
@@ -116,7 +117,8 @@ def main(demo_dir):
   reference = None
   for name, (strategy, partitions, count) in MESHES.items():
     config = config_for(demo_dir, **{'partitioning.strategy': strategy,
-                                     'partitioning.num_partitions': partitions})
+                                     'partitioning.num_partitions': partitions,
+                                     'partitioning.partition_states': name == 'dp_states'})
     state, losses, activations = run(config, devices[:count], batch)
     out['activations'][name] = activations
     params = flat_params(state)

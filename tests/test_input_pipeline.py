@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import demo_data, laion, zeroshot
+from input_pipeline import augment, demo_data, laion, zeroshot
 from input_pipeline.tokenizer import BertTokenizer
 from tests.conftest import MICRO_IMAGE, micro_config
 
@@ -150,3 +150,24 @@ def test_prompts_fill_every_template_per_class():
   assert zeroshot.prompts(['cat', 'dog'], ['a {}.', 'the {}!']) == [
       'a cat.', 'the cat!', 'a dog.', 'the dog!']
   assert len(zeroshot.templates('openai80')) == 80 and len(zeroshot.templates('short7')) == 7
+
+
+def test_flip_crops_are_seeded_and_eval_pad_crops_the_centre():
+  pixels = np.zeros((64, 96, 3), np.uint8)
+  pixels[:, :, 0] = np.arange(96)[None, :]  # red grows from left to right
+  pixels[16:48, 32:64, 1] = 255  # a green centre square
+  encoded = tf.io.encode_png(pixels)
+
+  def crop(seed, version='v4'):
+    return augment.train_image(encoded, 16, tf.constant([seed, 0], tf.int64), (0.2, 0.5),
+                               (3 / 4, 4 / 3), False, version).numpy()
+  assert crop(0).shape == (16, 16, 3)
+  np.testing.assert_array_equal(crop(0), crop(0))
+  assert not np.allclose(crop(0), crop(1))
+  np.testing.assert_array_equal(crop(0, 'vc'), crop(1, 'vc'))  # no randomness
+  whole = augment.eval_image(encoded, 16, 0).numpy()
+  centre = augment.eval_image(encoded, 16, 16).numpy()  # the centre 16/32 of 64 rows
+  green = lambda image: (image[..., 1] > 0).mean()
+  assert green(centre) > 0.9 and 0.1 < green(whole) < 0.5
+  with pytest.raises(ValueError, match='crop_ver'):
+    augment.train_image(encoded, 16, tf.constant([0, 0], tf.int64), crop_ver='v3')

@@ -76,7 +76,8 @@ def test_learned_position_embedding_is_a_parameter():
 
 def test_clip_embeddings_are_unit_norm_and_logit_scale_is_clipped(demo_dir):
   config = micro_config(demo_dir)
-  config.model.clr.tau = 0.001  # log(1000) > log(100)
+  config.model.clr.tau = 0.5  # FLIP: unused while the temperature is learned
+  config.model.clr.tau_init = 0.001  # log(1000) > log(100)
   model = clip.from_config(config)
   images, tokens = jnp.ones((2, 32, 32, 3)), jnp.ones((2, 16), jnp.int32)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), images, tokens))
@@ -84,6 +85,12 @@ def test_clip_embeddings_are_unit_norm_and_logit_scale_is_clipped(demo_dir):
   np.testing.assert_allclose(np.linalg.norm(zimg, axis=1), 1.0, rtol=1e-5)
   np.testing.assert_allclose(np.linalg.norm(ztxt, axis=1), 1.0, rtol=1e-5)
   assert float(scale) == pytest.approx(np.log(100.0))
+  params['params']['logit_scale'] = jnp.float32(-1.0)  # clipped below at 0, as FLIP
+  assert float(model.apply(params, method=clip.CLIP.logit_scale)) == 0.0
+  config.model.clr.tau_learnable = False  # a fixed temperature is `tau`, unclipped
+  fixed = clip.from_config(config)
+  params = nn.unbox(fixed.init(jax.random.PRNGKey(0), images, tokens))
+  assert float(fixed.apply(params, images, tokens)[2]) == pytest.approx(np.log(2.0))
 
 
 def test_bfloat16_compute_keeps_float32_parameters(demo_dir):
@@ -158,3 +165,38 @@ def test_remat_policies_shrink_the_backward_pass_of_scanned_blocks():
     grad = jax.jit(jax.grad(lambda p, x: encoder.apply(p, x).sum()))
     temp[policy] = grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes
   assert temp['none'] > 1.5 * temp['minimal'] and temp['minimal'] > 1.5 * temp['full'], temp
+
+
+def test_dropout_and_droppath_act_in_training_only():
+  tower = VisionTower(patch_size=(8, 8), hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64,
+                      embed_dim=16, dropout_rate=0.3, attention_dropout_rate=0.3,
+                      droppath_rate=0.5)
+  images = jax.random.normal(jax.random.PRNGKey(0), (4, 32, 32, 3))
+  params = nn.unbox(tower.init(jax.random.PRNGKey(1), images))
+  plain = tower.clone(dropout_rate=0.0, attention_dropout_rate=0.0, droppath_rate=0.0)
+  np.testing.assert_array_equal(tower.apply(params, images), plain.apply(params, images))
+
+  def train(seed):
+    return tower.apply(params, images, train=True, rngs={'dropout': jax.random.PRNGKey(seed)})
+  np.testing.assert_array_equal(train(0), train(0))  # seeded
+  assert not np.allclose(train(0), train(1)) and not np.allclose(train(0), plain.apply(
+      params, images))
+  # Drop-path grows linearly over depth, from 0 at the first block, as FLIP.
+  rates = Encoder(3, 2, 32, droppath_rate=0.5).droppath_rates()
+  np.testing.assert_allclose(rates, [0.0, 0.25, 0.5])
+
+
+def test_flip_image_pooling_averages_the_class_token_in(vision):
+  tower, params, images = vision
+  outputs = {}
+  for pool in ('mean', 'mean_patches', 'cls'):
+    outputs[pool] = np.asarray(tower.clone(pool=pool).apply(params, images))
+  assert not np.allclose(outputs['mean'], outputs['mean_patches'])
+  assert not np.allclose(outputs['mean'], outputs['cls'])
+
+
+def test_sincos_puts_the_column_code_first_as_flip():
+  pos = sincos_2d((3, 4), 16)
+  # Patch (row 0, column 1) against (row 1, column 0): columns fill channels 0..7.
+  assert np.allclose(pos[1, 8:], pos[0, 8:]) and not np.allclose(pos[1, :8], pos[0, :8])
+  assert np.allclose(pos[4, :8], pos[0, :8]) and not np.allclose(pos[4, 8:], pos[0, 8:])

@@ -36,7 +36,7 @@ def assert_same_training(result):
   assert result['max_key_bias_diff'] <= KEY_BIAS_TOLERANCE, result
 
 
-@pytest.mark.parametrize('mesh', ['dp', 'fsdp', 'dp_tp', 'fsdp_tp'])
+@pytest.mark.parametrize('mesh', ['dp', 'fsdp', 'dp_tp', 'fsdp_tp', 'dp_states'])
 def test_sharded_steps_match_one_device(report, mesh):
   assert_same_training(report['equivalence'][mesh])
 
@@ -50,6 +50,9 @@ def test_parameters_are_sharded_as_the_rules_say(report):
   assert specs['dp_tp']['query_kernel'] == [None, None, 'model', None]
   assert specs['fsdp_tp']['mlp_kernel'] == [None, 'data', 'model']
   assert specs['fsdp_tp']['opt_mu_mlp_kernel'] == [None, 'data', 'model']  # ZeRO-3: state too
+  # partition_states: weights replicated, optimiser state split over `data` (ZeRO-1).
+  assert 'data' not in specs['dp_states']['mlp_kernel']
+  assert specs['dp_states']['opt_mu_mlp_kernel'][:2] == [None, 'data']
 
 
 def test_activations_are_placed_by_logical_axis_names(report):

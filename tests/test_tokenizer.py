@@ -27,9 +27,16 @@ def test_empty_text_is_cls_sep_and_padding(tokenizer):
   np.testing.assert_array_equal(tokenizer('').numpy(), [101, 102, 0, 0, 0, 0, 0, 0])
 
 
-def test_without_cls_token_first_wordpiece_leads():
-  ids = BertTokenizer(max_len=4, cls_token=False)('hello world').numpy()
-  np.testing.assert_array_equal(ids, [7592, 2088, 0, 0])
+def test_without_markers_first_wordpiece_leads_as_in_flip():
+  ids = BertTokenizer(max_len=4, cls_token=False, sep_token=False)
+  np.testing.assert_array_equal(ids('hello world').numpy(), [7592, 2088, 0, 0])
+  np.testing.assert_array_equal(ids('the quick brown fox jumps').numpy(),
+                                [1996, 4248, 2829, 4419])
+
+
+def test_flip_cls_token_has_no_sep():
+  ids = BertTokenizer(max_len=4, cls_token=True, sep_token=False)('hello world').numpy()
+  np.testing.assert_array_equal(ids, [101, 7592, 2088, 0])
 
 
 def test_vocab_size_counts_the_out_of_vocabulary_bucket(tokenizer):

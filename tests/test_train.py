@@ -7,6 +7,7 @@ import types
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 import numpy as np
 import pytest
@@ -224,3 +225,26 @@ def test_mesh_larger_than_the_devices_and_unknown_strategy_are_refused(demo_dir)
     config_checks.check(micro_config(demo_dir, **{'partitioning.strategy': 'zero2'}))
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
     config_checks.check(micro_config(demo_dir, grad_accum_steps=3))
+
+
+def test_bfloat16_first_moment_halves_its_memory(demo_dir):
+  config = micro_config(demo_dir, opt_mu_dtype='bfloat16')
+  params = {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones((4,))}
+  state = optimizer.make_optimizer(config).init(params)
+  adam = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, 'mu'))
+          if hasattr(s, 'mu')][0]
+  assert adam.mu['kernel'].dtype == jnp.bfloat16 and adam.nu['kernel'].dtype == jnp.float32
+  with pytest.raises(ValueError, match='opt_mu_dtype'):
+    config_checks.check(micro_config(demo_dir, opt_mu_dtype='float8'))
+
+
+@pytest.mark.parametrize('field,value,message', [
+    ('model.clr.clr_loss', False, 'clr_loss=False'),
+    ('model.model_txt.mask_ratio', 0.3, 'model_txt.mask_ratio=0.3'),
+    ('model.model_img.transformer.droppath_rate', 1.0, 'droppath_rate=1.0'),
+    ('model.model_img.transformer.remat_policy', 'some', "remat_policy='some'"),
+    ('aug.txt.tokenizer', 'sentencepiece', "tokenizer='sentencepiece'"),
+])
+def test_flip_fields_refuse_values_they_cannot_mean(demo_dir, field, value, message):
+  with pytest.raises(ValueError, match=message):
+    config_checks.check(micro_config(demo_dir, **{field: value}))

@@ -2,7 +2,7 @@
 # Runs the same command on every worker of a Cloud TPU VM pod slice.
 #
 #   tpu/launch.sh install                      # once: clone/update and install on all workers
-#   tpu/launch.sh train --workdir=gs://B/run --config=configs/flip_large16.py \
+#   tpu/launch.sh train --workdir=gs://B/run --config=configs/cfg_flip_large.py \
 #       --config.laion_path=gs://B/laion400m --config.batch_size=32768
 #
 # Needs: TPU_NAME, ZONE (and optionally PROJECT, REPO_URL, REPO_DIR) in the environment.

@@ -1,0 +1,16 @@
+"""FLIP ViT-B/16 on LAION-400M: 50% random masking, 10,000 ImageNet-sized epochs.
+
+  python main.py --workdir=DIR --config=configs/cfg_flip_base.py --config.laion_path=PATH
+
+FLIP's own file name and values; the model is FLIP's exactly (see configs/default.py).
+"""
+
+from configs import default
+
+
+def get_config():
+  config = default.get_config()
+  config.num_epochs = 10000.0  # ~32 passes over LAION-400M
+  config.model.model_img.mask_ratio = 0.5
+  default.set_size(config, 'B/16')
+  return config
