@@ -108,9 +108,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     scores = evaluator(state, eval_rng)
     writer.write_scalars(step, scores)
     writer.flush()
-    logging.info('Zero-shot at step %d%s: top-1 %.4f, top-5 %.4f', step,
+    logging.info('Zero-shot at step %d%s: top-1 %.4f, top-%d %.4f (%d images)', step,
                  ' (masked inference)' if evaluator.masked else '', scores['zeroshot_top1'],
-                 scores['zeroshot_top5'])
+                 evaluator.top_k, scores[f'zeroshot_top{evaluator.top_k}'],
+                 scores['zeroshot_images'])
     return scores
 
   if config.eval_only:
@@ -151,7 +152,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                              every_steps=config.log_every_steps,
                                              every_secs=None)
   pending, last_saved = [], manager.latest_step()
-  window_start, window_steps = time.time(), 0
+  window_start, window_steps, input_wait = time.time(), 0, 0.0
   results: Dict[str, Any] = {}
 
   def check_finite(step):
@@ -171,7 +172,10 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   try:
     for step in range(start_step + 1, total_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = partitioning.global_batch(mesh, next(batches))
+        waited_from = time.time()
+        local_batch = next(batches)
+        input_wait += time.time() - waited_from
+        batch = partitioning.global_batch(mesh, local_batch)
         state, metrics = step_fn(state, batch, train_rng)
       pending.append(metrics)
       window_steps += 1
@@ -181,14 +185,17 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         check_finite(step)
         summary = _summarize(pending)
         pending.clear()
-        elapsed = time.time() - window_start
-        summary['images_per_sec'] = window_steps * config.batch_size / max(elapsed, 1e-9)
+        elapsed = max(time.time() - window_start, 1e-9)
+        summary['images_per_sec'] = window_steps * config.batch_size / elapsed
+        # Time blocked on the next batch: near 0 when the input pipeline keeps up.
+        summary['input_wait_fraction'] = min(input_wait / elapsed, 1.0)
         writer.write_scalars(step, summary)
         eta = (total_steps - step) * elapsed / max(window_steps, 1)
-        logging.info('step %d/%d | loss %.4f | %.0f images/s | ETA %s', step, total_steps,
-                     summary['train_loss'], summary['images_per_sec'], _format_seconds(eta))
+        logging.info('step %d/%d | loss %.4f | %.0f images/s | input wait %.0f%% | ETA %s',
+                     step, total_steps, summary['train_loss'], summary['images_per_sec'],
+                     100 * summary['input_wait_fraction'], _format_seconds(eta))
         results.update(summary)
-        window_start, window_steps = time.time(), 0
+        window_start, window_steps, input_wait = time.time(), 0, 0.0
       if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
         check_finite(step)
         with progress.timed('checkpoint'):
@@ -198,7 +205,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                         (is_last and config.eval_at_end)):
         with progress.timed('eval'):
           results.update(evaluate(step))
-        window_start = time.time()  # evaluation time is not training throughput
+        window_start, input_wait = time.time(), 0.0  # evaluation is not training time
       if every(periods['pictures'], step) or is_last:
         writer.write_images(step, {'masked_examples': zeroshot_eval.example_grid(
             model, policy, state, examples, eval_rng, mesh)[None]})

@@ -51,9 +51,10 @@ class ZeroShotEvaluator:
     self._encode_text = partitioning.jit(functools.partial(encode_text_step, model=model),
                                          mesh, rules, out_shardings=repl)
     # Inputs keep the shardings they carry: parameters as the rules place them.
+    # Top-5, or top-k of the k < 5 classes a small set has (named for what it is).
+    self.top_k = min(5, len(self.data.classnames))
     self._eval_step = partitioning.jit(
-        functools.partial(eval_step, model=model, policy=policy,
-                          top_k=min(5, len(self.data.classnames))),
+        functools.partial(eval_step, model=model, policy=policy, top_k=self.top_k),
         mesh, rules, out_shardings=repl)
     self.masked = policy.name != 'none'
     self.needs_teacher = policy.needs_scores
@@ -80,7 +81,9 @@ class ZeroShotEvaluator:
                              classifier, jax.random.fold_in(rng, i))
       totals = {k: totals[k] + float(sums[k]) for k in totals}
     count = max(totals['count'], 1.0)
-    return {'zeroshot_top1': totals['top1'] / count, 'zeroshot_top5': totals['top5'] / count}
+    return {'zeroshot_top1': totals['top1'] / count,
+            f'zeroshot_top{self.top_k}': totals['top5'] / count,
+            'zeroshot_images': totals['count']}
 
 
 def example_grid(model, policy, state: TrainState, images, rng, mesh):

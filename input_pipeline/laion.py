@@ -146,9 +146,10 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
 
   ds = tf.data.Dataset.from_tensor_slices(files)
   ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
+  # Deterministic, so that the same seed gives the same batches, run after run.
   ds = ds.interleave(_read_file(shards.format), cycle_length=min(config.num_parallel_reads,
                                                                  len(files)),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.shuffle(config.shuffle_buffer, seed=seed)
   ds = ds.enumerate()
   # Order-preserving map, so that the gaps ignore_errors leaves in `index` are the skips.

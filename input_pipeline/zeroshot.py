@@ -12,6 +12,7 @@ import pathlib
 from typing import List
 
 from absl import logging
+import numpy as np
 import tensorflow as tf
 
 from input_pipeline import augment
@@ -113,6 +114,10 @@ def zeroshot_dataset(config, *, local_batch_size: int, process_index: int = 0,
   if spec.startswith('folder:'):
     files, labels, names = _folder_examples(spec[len('folder:'):])
     num_examples = len(files)
+    if config.eval_max_images and config.eval_max_images < num_examples:
+      # A subset that represents every class: a fixed shuffle, not the first classes.
+      order = np.random.RandomState(0).permutation(num_examples)
+      files, labels = [files[i] for i in order], [labels[i] for i in order]
     ds = tf.data.Dataset.from_tensor_slices((files, labels))
     ds = ds.shard(process_count, process_index).map(
         lambda f, y: (tf.io.read_file(f), y))

@@ -126,6 +126,11 @@ def test_zeroshot_class_name_list_and_limits(demo_dir, tmp_path):
   config = micro_config(demo_dir, eval_classnames=str(names), eval_max_images=5)
   data = zeroshot.zeroshot_dataset(config, local_batch_size=4)
   assert data.classnames[3] == 'class 3' and data.num_examples == 5
+  # A capped set is drawn across the classes, not from the first few of them.
+  config = micro_config(demo_dir, eval_max_images=16)
+  data = zeroshot.zeroshot_dataset(config, local_batch_size=16)
+  batch = next(data.dataset.as_numpy_iterator())
+  assert batch['mask'].sum() == 16 and len(set(batch['label'].tolist())) >= 10
   config = micro_config(demo_dir, eval_classnames='imagenet')
   with pytest.raises(ValueError, match='1000 names but the dataset has 32 classes'):
     zeroshot.zeroshot_dataset(config, local_batch_size=4)

@@ -38,9 +38,11 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
     assert row['kept_patches'] == 8.0 and row['skipped_records'] == 0
     assert row['images_per_sec'] > 0 and 0 < row['temperature'] < 1
     assert np.isfinite(row['train_loss']) and row['learning_rate'] >= 0
+    assert 0 <= row['input_wait_fraction'] <= 1
   final = [r for r in rows if 'zeroshot_top1' in r]
   assert [r['step'] for r in final] == [4]
   assert 0 <= final[0]['zeroshot_top1'] <= final[0]['zeroshot_top5'] <= 1
+  assert final[0]['zeroshot_images'] == 64  # 2 of each of the 32 demo classes
   assert 'step 4/4 | loss' in first.stderr and 'ETA' in first.stderr
 
   second = _main(workdir, demo_dir, '--config.total_steps=6')
@@ -54,6 +56,21 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   assert third.returncode == 0, third.stderr[-3000:]
   last = metrics_rows(workdir)[-1]
   assert last['step'] == 6 and 'zeroshot_top1' in last and 'train_loss' not in last
+
+
+def test_the_same_command_twice_trains_the_same_losses(tmp_path, demo_dir):
+  """Data order, crops, masks and initialisation all come from the config's seeds."""
+  losses = []
+  for run in ('first', 'second'):
+    config = micro_config(demo_dir, total_steps=3, eval_at_end=False, save_at_end=False)
+    train.train_and_evaluate(config, str(tmp_path / run))
+    losses.append([r['train_loss'] for r in metrics_rows(tmp_path / run) if 'train_loss' in r])
+  assert len(losses[0]) == 3 and losses[0] == losses[1]
+  config = micro_config(demo_dir, total_steps=3, eval_at_end=False, save_at_end=False,
+                        seed_tf=1)
+  train.train_and_evaluate(config, str(tmp_path / 'other_data_seed'))
+  assert [r['train_loss'] for r in metrics_rows(tmp_path / 'other_data_seed')
+          if 'train_loss' in r] != losses[0]
 
 
 def test_command_line_refuses_unknown_fields_and_wrong_types(tmp_path, demo_dir):
