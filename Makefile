@@ -7,7 +7,7 @@ DEMO_DATA := data/demo
 POLICY ?= random
 DEMO_WORKDIR ?= workdirs/demo-$(POLICY)
 
-.PHONY: demo test data clean
+.PHONY: demo test data clean glip-table
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(DEMO_DATA)/COMPLETE: $(VENV)/.installed
+$(DEMO_DATA)/COMPLETE: $(VENV)/.installed input_pipeline/demo_data.py
 	rm -rf $(DEMO_DATA)
 	TF_CPP_MIN_LOG_LEVEL=3 $(PY) -m input_pipeline.demo_data --out=$(DEMO_DATA)
 
@@ -27,6 +27,15 @@ demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	@echo
 	@echo "Demo finished. TensorBoard events and metrics.jsonl: $(DEMO_WORKDIR)"
 	@echo "Checkpoints: $(DEMO_WORKDIR)/checkpoints   (make demo again resumes; rm -r $(DEMO_WORKDIR) to start over)"
+
+# GLIP's table for the demo's policies at equal training compute (the same number of encoded
+# image patches: the unmasked run trains half the steps of the 50%-masked ones).
+glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
+	$(MAKE) demo POLICY=none ARGS="--config.num_epochs=1.0"
+	for policy in random gaussian cluster attentive; do $(MAKE) demo POLICY=$$policy; done
+	$(PY) -m tools.glip_table --out=workdirs/glip_table --tune_steps=50 \
+	    --metric=zeroshot/top1,retrieval/image_retrieval_recall@1,retrieval/text_retrieval_recall@1 \
+	    --runs=workdirs/demo-none,workdirs/demo-random,workdirs/demo-gaussian,workdirs/demo-cluster,workdirs/demo-attentive
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -1,11 +1,12 @@
 """Start-up checks of a run config: each failure names the field and what was expected."""
 
+import evaluators
 import masking
 import optimizer
 import partitioning
 from input_pipeline import augment
+from input_pipeline import eval_data
 from input_pipeline import tokenizer
-from input_pipeline import zeroshot
 from models import transformer
 
 
@@ -88,5 +89,7 @@ def check(config):
     _require(cfg.remat_policy in transformer.REMAT_POLICIES,
              f'config.model.{tower}.transformer.remat_policy={cfg.remat_policy!r}: expected '
              f'one of {sorted(transformer.REMAT_POLICIES)}')
-  if config.eval_dataset:
-    zeroshot.templates(config.eval_templates)
+  for name, ecfg in evaluators.eval_configs(config).items():
+    if ecfg.templates:
+      eval_data.templates(ecfg.templates, f'config.evals.{name}.templates'
+                          if name in config.evals else 'config.eval_templates')

@@ -14,13 +14,14 @@ import numpy as np
 
 import checkpoints
 import config_checks
+import evaluators
 import flip_weights
 import masking
 import metrics_writer
 import optimizer
 import partitioning
+import pictures
 import train_step
-import zeroshot_eval
 from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
@@ -63,9 +64,18 @@ def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
   return masking.get_policy(config, train=True)
 
 
+def save_config(config, workdir: str):
+  """WORKDIR/config.json: the run's config, for people and tools (tools/glip_table.py)."""
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
+  save_config(config, workdir)
   mesh = partitioning.make_mesh(config)
   partitioning.check_divisibility(config, mesh)
   model = clip.from_config(config)
@@ -76,7 +86,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
 
   objective = train_step.objective_of(config, policy)
-  evaluator = zeroshot_eval.ZeroShotEvaluator(config, model, mesh, tokenizer) if config.eval_dataset else None
+  evaluations = evaluators.build(config, model, mesh, tokenizer)
   state = train_step.create_train_state(config, model, init_rng, mesh, objective)
   manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
   resume_from = manager
@@ -104,27 +114,46 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   periods = optimizer.steps_of(config)
   total_steps = periods['total']
 
-  def evaluate(step):
-    scores = evaluator(state, eval_rng)
-    writer.write_scalars(step, scores)
-    writer.flush()
-    logging.info('Zero-shot at step %d%s: top-1 %.4f, top-%d %.4f (%d images)', step,
-                 ' (masked inference)' if evaluator.masked else '', scores['zeroshot_top1'],
-                 evaluator.top_k, scores[f'zeroshot_top{evaluator.top_k}'],
-                 scores['zeroshot_images'])
-    return scores
+  latest_scores: Dict[str, Dict[str, float]] = {}
 
+  def evaluate(step, due=lambda ecfg: True):
+    """Runs the evaluations `due` picks; writes `<name>/<metric>` rows; returns them."""
+    written = {}
+    for name, (ecfg, evaluator) in evaluations.items():
+      if not due(ecfg):
+        continue
+      started = time.time()
+      scores = evaluator(state, eval_rng)
+      latest_scores[name] = scores
+      written.update({f'{name}/{metric}': value for metric, value in scores.items()})
+      logging.info('%s (%s) at step %d%s: %s [%.0f s]', name, ecfg.type, step,
+                   ' (masked inference)' if policy_at_eval.name != 'none' else '',
+                   _format_scores(scores), time.time() - started)
+    if written:
+      writer.write_scalars(step, written)
+      writer.flush()
+    return written
+
+  def final_table():
+    for line in _table(latest_scores):
+      logging.info('%s', line)
+
+  policy_at_eval = masking.get_policy(config, train=False)
   if config.eval_only:
-    if evaluator is None:
-      raise ValueError('config.eval_only=True needs config.eval_dataset')
+    if not evaluations:
+      raise ValueError('config.eval_only=True needs config.eval_dataset or config.evals')
     if resume_from.latest_step() is None and not config.pretrain_dir:
       raise FileNotFoundError(f'config.eval_only=True: no checkpoint in {workdir} and no '
                               'config.pretrain_dir to evaluate')
-    return evaluate(start_step)
+    results = evaluate(start_step)
+    final_table()
+    return results
   if start_step >= total_steps:
     logging.info('The run in %s already reached step %d of %d.', workdir, start_step,
                  total_steps)
-    return evaluate(start_step) if evaluator and config.eval_at_end else {}
+    results = evaluate(start_step) if config.eval_at_end else {}
+    final_table()
+    return results
 
   shards = laion.list_shards(config.laion_path)
   dataset = laion.train_dataset(
@@ -139,8 +168,9 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   first_batch = next(batches)
   if policy.name == 'cluster' and config.model.model_img.masking.calibrate:
     policy = calibrate_cluster_policy(config, first_batch['image'], init_rng)
-    if evaluator and evaluator.masked:
-      evaluator = zeroshot_eval.ZeroShotEvaluator(config, model, mesh, tokenizer)
+    save_config(config, workdir)  # with the calibrated threshold, for masked evaluation
+    if policy_at_eval.name != 'none':  # masked inference uses the calibrated threshold
+      evaluations = evaluators.build(config, model, mesh, tokenizer)
   batches = itertools.chain([first_batch], batches)
   examples = first_batch['image'][:8]  # shown masked in TensorBoard every vis_every_epochs
   step_fn = train_step.jit_train_step(config, model, policy, objective, state, mesh)
@@ -201,20 +231,37 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
         with progress.timed('checkpoint'):
           checkpoints.save_checkpoint(manager, state)
         last_saved = step
-      if evaluator and (every(config.eval_every_steps, step) or
-                        (is_last and config.eval_at_end)):
+      due = lambda ecfg: every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
+      if any(due(ecfg) for ecfg, _ in evaluations.values()):
         with progress.timed('eval'):
-          results.update(evaluate(step))
+          results.update(evaluate(step, due))
         window_start, input_wait = time.time(), 0.0  # evaluation is not training time
       if every(periods['pictures'], step) or is_last:
-        writer.write_images(step, {'masked_examples': zeroshot_eval.example_grid(
+        writer.write_images(step, {'masked_examples': pictures.example_grid(
             model, policy, state, examples, eval_rng, mesh)[None]})
   finally:
     manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
     writer.flush()
+  final_table()
   logging.info('Done. Logs and metrics.jsonl in %s; checkpoints in %s', workdir,
                manager.directory)
   return results
+
+
+def _format_scores(scores) -> str:
+  return ', '.join(f'{k} {v:.4f}' if v < 1.5 else f'{k} {v:.0f}' for k, v in scores.items())
+
+
+def _table(latest_scores):
+  """The last result of every evaluation, as the lines of one markdown table."""
+  if not latest_scores:
+    return []
+  lines = ['| evaluation | metric | value |', '| --- | --- | --- |']
+  for name, scores in latest_scores.items():
+    for metric, value in scores.items():
+      lines.append(f'| {name} | {metric} | {value:.4f} |' if value < 1.5 else
+                   f'| {name} | {metric} | {value:.0f} |')
+  return lines
 
 
 def _format_seconds(seconds: float) -> str:

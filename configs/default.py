@@ -39,8 +39,26 @@ def get_config():
   # JSON file holding a list of templates with `{}` where the class name goes.
   config.eval_templates = 'short7'
   config.eval_batch_size = 256
-  # Evaluate on at most this many images (0: all of them).
+  # Evaluate on at most this many images (0: all of them), drawn across the classes.
   config.eval_max_images = 0
+  # More evaluations, by name (this project's; `eval_dataset` above defines one more, named
+  # `zeroshot`). Each is a ConfigDict with
+  #   type         zeroshot_classification | retrieval | linear_probe
+  #   dataset      a TFDS name (`coco_captions` for retrieval), folder:PATH, or wds:PATH in
+  #                CLIP_benchmark's layout (PATH/<split>/*.tar, classnames.txt and
+  #                zeroshot_classification_templates.txt at PATH)
+  #   split        default `test`
+  #   every_steps  default eval_every_steps (0: only at the end)
+  #   max_images   at most this many images (0: all), drawn across the classes
+  #   classnames, templates   zero-shot, as eval_classnames / eval_templates; a wds: set
+  #                brings its own unless they are set
+  #   recall_k     retrieval: the K of recall@K, default (1, 5, 10)
+  #   train_split, train_max_images, weight_decays, probe_steps   linear probe: the split
+  #                its logistic regression is fitted on, the weight decays swept on a
+  #                held-out fifth of it, and the optimiser steps per fit
+  # Results are written as `<name>/<metric>`. Example:
+  #   config.evals.coco = dict(type='retrieval', dataset='wds:/data/wds_mscoco_captions')
+  config.evals = ml_collections.ConfigDict()
   # Images per "virtual" epoch: epochs are counted in ImageNet-sized units, as in FLIP.
   config.samples_per_epoch = 1281167
   config.image_size = 224

@@ -13,6 +13,9 @@ def get_config():
   default.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
   config.laion_path = 'data/demo/train'
   config.eval_dataset = 'folder:data/demo/zeroshot'
+  # Held-out captioned images: harder than the zero-shot classes, which the demo saturates.
+  config.evals.retrieval = dict(type='retrieval', dataset='wds:data/demo/wds_retrieval',
+                                every_steps=0)
   config.samples_per_epoch = 20000  # the demo set's size
   config.image_size = 48  # 6 x 6 patches of 8 pixels
   config.aug.txt.max_len = 16  # the demo's captions are short

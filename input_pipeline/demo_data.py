@@ -5,6 +5,8 @@ Writes, under --out:
   train_tar/NNNNN.tar         the same pairs as webdataset shards (with --formats=...,tar)
   zeroshot/COLOR_shape_on_BACKGROUND/*.jpg
                               held-out images, one folder per class, for zero-shot eval
+  wds_retrieval/test/N.tar    held-out captioned images for retrieval, in CLIP_benchmark's
+                              webdataset layout (<key>.jpg + <key>.txt)
   COMPLETE                    written last, so an interrupted run is regenerated
 
 The output is a deterministic function of the flags.
@@ -132,8 +134,18 @@ def write_shards(out_dir, pairs, num_shards, formats, image_size):
           _add_to_tar(tar, f'{key}.json', json.dumps({'key': key, 'caption': txt}).encode())
 
 
+def write_retrieval_set(out_dir, pairs, num_shards=2):
+  """Held-out captioned images in CLIP_benchmark's webdataset layout (wds:OUT_DIR)."""
+  os.makedirs(os.path.join(out_dir, 'test'), exist_ok=True)
+  for shard in range(num_shards):
+    with tarfile.open(os.path.join(out_dir, 'test', f'{shard}.tar'), 'w') as tar:
+      for key, jpg, txt in pairs[shard::num_shards]:
+        _add_to_tar(tar, f'{key}.jpg', jpg)
+        _add_to_tar(tar, f'{key}.txt', txt.encode())
+
+
 def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,
-             image_size=64, seed=0, formats=('tfrecord',)):
+             image_size=64, seed=0, formats=('tfrecord',), num_retrieval=500):
   unknown = set(formats) - {'tfrecord', 'tar'}
   if unknown:
     raise ValueError(f'--formats: unknown {sorted(unknown)}; expected tfrecord and/or tar')
@@ -154,6 +166,14 @@ def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,
       jpg, _ = render(eval_rng, color, bg_name, image_size)
       with open(os.path.join(folder, f'{i:05d}.jpg'), 'wb') as f:
         f.write(jpg)
+  # Retrieval over captions that name shape, size, colour and background: harder than the
+  # 32 colour-on-background classes, which a demo run nearly saturates.
+  retrieval = []
+  for i in range(num_retrieval):
+    color, bg_name = CLASSES[eval_rng.randint(len(CLASSES))]
+    jpg, txt = render(eval_rng, color, bg_name, image_size)
+    retrieval.append((f'r{i:06d}', jpg, txt))
+  write_retrieval_set(os.path.join(out_dir, 'wds_retrieval'), retrieval)
   with open(os.path.join(out_dir, 'COMPLETE'), 'w') as f:
     json.dump({'num_train': num_train, 'num_classes': len(CLASSES), 'seed': seed,
                'image_size': image_size, 'formats': list(formats)}, f)
@@ -163,7 +183,7 @@ def main(argv):
   del argv
   generate(FLAGS.out, num_train=FLAGS.num_train, num_eval_per_class=FLAGS.num_eval_per_class,
            num_shards=FLAGS.num_shards, image_size=FLAGS.image_size, seed=FLAGS.seed,
-           formats=tuple(FLAGS.formats))
+           formats=tuple(FLAGS.formats), num_retrieval=FLAGS.num_retrieval)
   print(f'demo dataset written to {FLAGS.out}: {FLAGS.num_train} training pairs, '
         f'{len(CLASSES)} zero-shot classes')
 
@@ -173,6 +193,7 @@ if __name__ == '__main__':
   flags.DEFINE_integer('num_train', 20000, 'Training image-caption pairs.')
   flags.DEFINE_integer('num_eval_per_class', 25, 'Held-out zero-shot images per class.')
   flags.DEFINE_integer('num_shards', 8, 'Shard files per format.')
+  flags.DEFINE_integer('num_retrieval', 500, 'Held-out captioned images for retrieval.')
   flags.DEFINE_integer('image_size', 64, 'Image side in pixels.')
   flags.DEFINE_integer('seed', 0, 'Random seed; the output is a function of the flags.')
   flags.DEFINE_list('formats', ['tfrecord'], 'tfrecord and/or tar.')

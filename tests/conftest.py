@@ -20,7 +20,8 @@ def demo_dir(tmp_path_factory):
   """Demo data in both shard formats: 96 training pairs in 2 shards, 2 images per class."""
   out = tmp_path_factory.mktemp('demo')
   demo_data.generate(str(out), num_train=96, num_eval_per_class=2, num_shards=2,
-                     image_size=MICRO_IMAGE, seed=0, formats=('tfrecord', 'tar'))
+                     image_size=MICRO_IMAGE, seed=0, formats=('tfrecord', 'tar'),
+                     num_retrieval=24)
   return out
 
 
@@ -29,6 +30,7 @@ def micro_config(demo_dir, **overrides):
   config = tiny.get_config()
   config.laion_path = str(demo_dir / 'train')
   config.eval_dataset = f'folder:{demo_dir / "zeroshot"}'
+  config.evals.retrieval.dataset = f'wds:{demo_dir / "wds_retrieval"}'
   config.image_size = MICRO_IMAGE
   config.batch_size = 8
   config.eval_batch_size = 16
@@ -57,6 +59,7 @@ def main_command(workdir, demo_dir, *overrides):
   config = micro_config(demo_dir)
   flags = [f'--config.laion_path={config.laion_path}',
            f'--config.eval_dataset={config.eval_dataset}',
+           f'--config.evals.retrieval.dataset={config.evals.retrieval.dataset}',
            '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=16',
            '--config.shuffle_buffer=16', '--config.samples_per_epoch=96',
            '--config.aug.txt.max_len=16', '--config.model.clr.proj_dim_out=16',

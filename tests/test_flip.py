@@ -153,4 +153,4 @@ def test_flips_readme_commands_run(tmp_path, demo_dir):
   done = _main(evaluated, 'configs/cfg_flip_large.py', *shrunk(demo_dir),
                f'--config.pretrain_dir={tmp_path / "release"}', '--config.eval_only=True')
   assert 'FLIP (t5x) checkpoint' in done.stderr
-  assert 0 <= metrics_rows(evaluated)[-1]['zeroshot_top1'] <= 1
+  assert 0 <= metrics_rows(evaluated)[-1]['zeroshot/top1'] <= 1

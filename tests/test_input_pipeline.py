@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from input_pipeline import augment, demo_data, laion, zeroshot
+import evaluators
+from input_pipeline import augment, demo_data, eval_data, laion
 from input_pipeline.tokenizer import BertTokenizer
 from tests.conftest import MICRO_IMAGE, micro_config
 
@@ -108,9 +109,17 @@ def test_each_host_reads_its_own_files():
     laion.host_files(files, 0, 8)
 
 
+def zeroshot_images(config, local_batch_size):
+  """The images of the evaluation that config.eval_dataset defines."""
+  return eval_data.classification_images(
+      evaluators.eval_configs(config)['zeroshot'], image_size=config.image_size,
+      eval_pad=config.aug.eval_pad, local_batch_size=local_batch_size,
+      field='config.eval_dataset')
+
+
 def test_zeroshot_folder_gives_classes_labels_and_padded_batches(demo_dir):
   config = micro_config(demo_dir)
-  data = zeroshot.zeroshot_dataset(config, local_batch_size=10)
+  data = zeroshot_images(config, local_batch_size=10)
   assert len(data.classnames) == 32 and data.classnames[0] == 'black shape on beige'
   assert data.num_examples == 64 and data.num_batches == 7
   batches = list(data.dataset.as_numpy_iterator())
@@ -124,37 +133,37 @@ def test_zeroshot_class_name_list_and_limits(demo_dir, tmp_path):
   names = tmp_path / 'names.json'
   names.write_text('[' + ','.join(f'"class {i}"' for i in range(32)) + ']')
   config = micro_config(demo_dir, eval_classnames=str(names), eval_max_images=5)
-  data = zeroshot.zeroshot_dataset(config, local_batch_size=4)
+  data = zeroshot_images(config, local_batch_size=4)
   assert data.classnames[3] == 'class 3' and data.num_examples == 5
   # A capped set is drawn across the classes, not from the first few of them.
   config = micro_config(demo_dir, eval_max_images=16)
-  data = zeroshot.zeroshot_dataset(config, local_batch_size=16)
+  data = zeroshot_images(config, local_batch_size=16)
   batch = next(data.dataset.as_numpy_iterator())
   assert batch['mask'].sum() == 16 and len(set(batch['label'].tolist())) >= 10
   config = micro_config(demo_dir, eval_classnames='imagenet')
   with pytest.raises(ValueError, match='1000 names but the dataset has 32 classes'):
-    zeroshot.zeroshot_dataset(config, local_batch_size=4)
+    zeroshot_images(config, local_batch_size=4)
 
 
 def test_zeroshot_errors_name_the_field(demo_dir, tmp_path):
   config = micro_config(demo_dir, eval_dataset=f'folder:{tmp_path / "nowhere"}')
   with pytest.raises(FileNotFoundError, match='eval_dataset=folder:'):
-    zeroshot.zeroshot_dataset(config, local_batch_size=4)
+    zeroshot_images(config, local_batch_size=4)
   config = micro_config(demo_dir, eval_dataset='imagenet2012')
   os.environ['TFDS_DATA_DIR'] = str(tmp_path / 'tfds')
   try:
     with pytest.raises(FileNotFoundError, match="eval_dataset='imagenet2012'.*TFDS_DATA_DIR"):
-      zeroshot.zeroshot_dataset(config, local_batch_size=4)
+      zeroshot_images(config, local_batch_size=4)
   finally:
     del os.environ['TFDS_DATA_DIR']
   with pytest.raises(ValueError, match='eval_templates'):
-    zeroshot.templates('openai81')
+    eval_data.templates('openai81')
 
 
 def test_prompts_fill_every_template_per_class():
-  assert zeroshot.prompts(['cat', 'dog'], ['a {}.', 'the {}!']) == [
+  assert eval_data.prompts(['cat', 'dog'], ['a {}.', 'the {}!']) == [
       'a cat.', 'the cat!', 'a dog.', 'the dog!']
-  assert len(zeroshot.templates('openai80')) == 80 and len(zeroshot.templates('short7')) == 7
+  assert len(eval_data.templates('openai80')) == 80 and len(eval_data.templates('short7')) == 7
 
 
 def test_flip_crops_are_seeded_and_eval_pad_crops_the_centre():

@@ -55,7 +55,7 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
   assert len([f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]) == 1
   rows = metrics_rows(workdir)
   assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2, 3, 4]
-  final = [r for r in rows if 'zeroshot_top1' in r]
+  final = [r for r in rows if 'zeroshot/top1' in r]
   assert [r['step'] for r in final] == [4]
   # Both processes wrote their parts of each checkpoint into one directory.
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['2', '4']
@@ -69,5 +69,5 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
   assert 'JAX process 0/1, 1 local of 1 devices' in alone.stderr
   last = metrics_rows(workdir)[-1]
   assert last['step'] == 4
-  assert abs(last['zeroshot_top1'] - final[0]['zeroshot_top1']) < 1e-6
-  assert abs(last['zeroshot_top5'] - final[0]['zeroshot_top5']) < 1e-6
+  assert abs(last['zeroshot/top1'] - final[0]['zeroshot/top1']) < 1e-6
+  assert abs(last['zeroshot/top5'] - final[0]['zeroshot/top5']) < 1e-6

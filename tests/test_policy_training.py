@@ -105,7 +105,7 @@ def test_attentive_run_checkpoints_its_teacher_and_evaluates_masked(tmp_path, de
   config = micro_config(demo_dir, total_steps=2, **{
       'model.model_img.masking.policy': 'attentive', 'model.model_img.masking.at_eval': True})
   results = train.train_and_evaluate(config, workdir)
-  assert 0 <= results['zeroshot_top1'] <= 1
+  assert 0 <= results['zeroshot/top1'] <= 1
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2', 'ema_params'))
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)

@@ -39,10 +39,10 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
     assert row['images_per_sec'] > 0 and 0 < row['temperature'] < 1
     assert np.isfinite(row['train_loss']) and row['learning_rate'] >= 0
     assert 0 <= row['input_wait_fraction'] <= 1
-  final = [r for r in rows if 'zeroshot_top1' in r]
+  final = [r for r in rows if 'zeroshot/top1' in r]
   assert [r['step'] for r in final] == [4]
-  assert 0 <= final[0]['zeroshot_top1'] <= final[0]['zeroshot_top5'] <= 1
-  assert final[0]['zeroshot_images'] == 64  # 2 of each of the 32 demo classes
+  assert 0 <= final[0]['zeroshot/top1'] <= final[0]['zeroshot/top5'] <= 1
+  assert final[0]['zeroshot/images'] == 64  # 2 of each of the 32 demo classes
   assert 'step 4/4 | loss' in first.stderr and 'ETA' in first.stderr
 
   second = _main(workdir, demo_dir, '--config.total_steps=6')
@@ -55,7 +55,7 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   third = _main(workdir, demo_dir, '--config.eval_only=True')
   assert third.returncode == 0, third.stderr[-3000:]
   last = metrics_rows(workdir)[-1]
-  assert last['step'] == 6 and 'zeroshot_top1' in last and 'train_loss' not in last
+  assert last['step'] == 6 and 'zeroshot/top1' in last and 'train_loss' not in last
 
 
 def test_the_same_command_twice_trains_the_same_losses(tmp_path, demo_dir):

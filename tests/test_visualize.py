@@ -3,7 +3,8 @@
 import numpy as np
 from PIL import Image
 
-from masking import visualize
+import pictures
+from tools import visualize
 from tests.conftest import micro_config
 
 
@@ -22,13 +23,13 @@ def test_writes_a_heat_map_and_example_grid_per_policy(tmp_path, demo_dir):
 def test_masked_grid_greys_exactly_the_dropped_patches():
   images = np.zeros((1, 16, 16, 3), np.float32)  # normalised 0 = the ImageNet mean colour
   kept = np.array([[True, False, False, True]])
-  grid = visualize.masked_grid(images, kept, (2, 2), columns=1)
-  mean_colour = (np.array(visualize.augment.MEAN_RGB) * 255).astype(np.uint8)
+  grid = pictures.masked_grid(images, kept, (2, 2), columns=1)
+  mean_colour = (np.array(pictures.augment.MEAN_RGB) * 255).astype(np.uint8)
   np.testing.assert_allclose(grid[0, 0], mean_colour, atol=1)
   assert abs(int(grid[0, 8, 0]) - int(0.3 * mean_colour[0] + 0.7 * 128)) <= 1
   np.testing.assert_allclose(grid[8, 8], mean_colour, atol=1)
 
 
 def test_keep_mask_counts_only_valid_tokens():
-  kept = visualize.keep_mask(np.array([[3, 1, 0]]), np.array([[True, True, False]]), 4)
+  kept = pictures.keep_mask(np.array([[3, 1, 0]]), np.array([[True, True, False]]), 4)
   assert kept.tolist() == [[False, True, False, True]]

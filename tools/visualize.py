@@ -1,6 +1,6 @@
 """Pictures of what each masking policy keeps.
 
-  python -m masking.visualize --config=configs/tiny.py --out=DIR [--checkpoint=WORKDIR]
+  python -m tools.visualize --config=configs/tiny.py --out=DIR [--checkpoint=WORKDIR]
 
 Writes, per policy, `keep_frequency_POLICY.png` (how often each grid position is kept over
 many draws, as a heat map on the patch grid) and `examples_POLICY.png` (demo images with the
@@ -21,58 +21,14 @@ import numpy as np
 from ml_collections import config_flags
 from flax import linen as nn
 import orbax.checkpoint as ocp
-from PIL import Image, ImageDraw
+from PIL import Image
 
 import checkpoints
 import masking
-from input_pipeline import augment
+from pictures import heat_map, keep_mask, masked_grid
 from models import clip
 
 POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
-# Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
-RAMP = np.array([[20, 30, 90], [30, 140, 140], [250, 230, 60]], np.float32)
-
-
-def keep_mask(keep_idx, valid, num_patches):
-  """bool [B, N]: True where a patch is encoded (kept and valid)."""
-  keep_idx = np.asarray(keep_idx)
-  valid = np.ones(keep_idx.shape, bool) if valid is None else np.asarray(valid)
-  kept = np.zeros((keep_idx.shape[0], num_patches), bool)
-  np.put_along_axis(kept, keep_idx, valid, axis=1)
-  return kept
-
-
-def masked_grid(images, kept, grid_hw, columns=4):
-  """Normalised images [B, H, W, 3] with dropped patches greyed -> one uint8 picture."""
-  images = np.asarray(images, np.float32) * np.array(augment.STDDEV_RGB) + np.array(
-      augment.MEAN_RGB)
-  images = np.clip(images * 255, 0, 255)
-  batch, height, width, _ = images.shape
-  gh, gw = grid_hw
-  mask = kept.reshape(batch, gh, gw).repeat(height // gh, 1).repeat(width // gw, 2)
-  images = np.where(mask[..., None], images, 0.3 * images + 0.7 * 128).astype(np.uint8)
-  rows = -(-batch // columns)
-  canvas = np.full((rows * (height + 2), columns * (width + 2), 3), 255, np.uint8)
-  for i, image in enumerate(images):
-    r, c = divmod(i, columns)
-    canvas[r * (height + 2):r * (height + 2) + height,
-           c * (width + 2):c * (width + 2) + width] = image
-  return canvas
-
-
-def heat_map(frequency, grid_hw, title, cell=24):
-  """Keep frequency per position [N] in [0, 1] -> a labelled RGB picture."""
-  values = np.clip(np.asarray(frequency).reshape(grid_hw), 0, 1)
-  position = values * (len(RAMP) - 1)
-  low = np.floor(position).astype(int).clip(0, len(RAMP) - 2)
-  colours = RAMP[low] + (position - low)[..., None] * (RAMP[low + 1] - RAMP[low])
-  pixels = colours.repeat(cell, 0).repeat(cell, 1).astype(np.uint8)
-  picture = Image.new('RGB', (pixels.shape[1], pixels.shape[0] + 16), 'white')
-  picture.paste(Image.fromarray(pixels), (0, 16))
-  ImageDraw.Draw(picture).text((2, 2), title, fill='black')
-  return picture
-
-
 def policy_config(config, name):
   config = config.copy_and_resolve_references()
   config.model.model_img.masking.policy = name

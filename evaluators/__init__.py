@@ -1,0 +1,75 @@
+"""Evaluations of a train state, each built from its config and chosen by type name.
+
+  config.evals.<name>.type     zeroshot_classification | retrieval | linear_probe
+  config.evals.<name>.dataset  a TFDS name, folder:PATH or wds:PATH (input_pipeline/eval_data)
+
+and the fields in DEFAULTS. FLIP's `eval_dataset` (with eval_split, eval_classnames,
+eval_templates, eval_max_images, eval_every_steps) defines one more, named `zeroshot`.
+An evaluator is called with the train state and a key and returns named metrics, written
+as `<name>/<metric>`.
+"""
+
+from typing import Dict
+
+import ml_collections
+
+from evaluators import common
+from evaluators.linear_probe import LinearProbe
+from evaluators.retrieval import Retrieval
+from evaluators.zeroshot_classification import ZeroShotClassification
+
+EVALUATORS = {'zeroshot_classification': ZeroShotClassification, 'retrieval': Retrieval,
+              'linear_probe': LinearProbe}
+
+# Every evaluation's fields; the kinds read their own.
+DEFAULTS = dict(
+    type='', dataset='', split='test',
+    every_steps=-1,  # -1: config.eval_every_steps; 0: only at the end (if eval_at_end)
+    max_images=0,  # at most this many images (0: all), drawn across the classes
+    classnames='', templates='',  # zero-shot; a wds: set brings its own unless set
+    recall_k=(1, 5, 10),  # retrieval
+    train_split='train', train_max_images=0,  # linear probe
+    weight_decays=(1e-6, 1e-4, 1e-2), probe_steps=500,  # linear probe
+)
+
+
+def eval_configs(config) -> Dict[str, ml_collections.ConfigDict]:
+  """Every configured evaluation, with defaults filled in, by name."""
+  evals = {}
+  if config.eval_dataset:
+    evals['zeroshot'] = dict(type='zeroshot_classification', dataset=config.eval_dataset,
+                             split=config.eval_split, every_steps=config.eval_every_steps,
+                             classnames=config.eval_classnames,
+                             templates=config.eval_templates,
+                             max_images=config.eval_max_images, field='config.eval_dataset')
+  for name, fields in config.evals.items():
+    fields = fields.to_dict() if hasattr(fields, 'to_dict') else dict(fields)
+    if name in evals:
+      raise ValueError(f'config.evals.{name}: the name {name!r} is taken by the evaluation '
+                       'that config.eval_dataset defines; choose another')
+    unknown = set(fields) - set(DEFAULTS)
+    if unknown:
+      raise ValueError(f'config.evals.{name}: unknown fields {sorted(unknown)}; expected '
+                       f'some of {sorted(DEFAULTS)}')
+    evals[name] = dict(fields)
+  resolved = {}
+  for name, fields in evals.items():
+    ecfg = ml_collections.ConfigDict({'field': f'config.evals.{name}.dataset', **DEFAULTS,
+                                      **fields, 'name': name})
+    if ecfg.type not in EVALUATORS:
+      raise ValueError(f'config.evals.{name}.type={ecfg.type!r}: expected one of '
+                       f'{sorted(EVALUATORS)}')
+    if not ecfg.dataset:
+      raise ValueError(f'{ecfg.field} is empty: name a TFDS dataset, folder:PATH or '
+                       'wds:PATH')
+    if ecfg.every_steps < 0:
+      ecfg.every_steps = config.eval_every_steps
+    resolved[name] = ecfg
+  return resolved
+
+
+def build(config, model, mesh, tokenizer):
+  """{name: (its config, the evaluator)} of every configured evaluation."""
+  towers = common.Towers(config, model, mesh, tokenizer)
+  return {name: (ecfg, EVALUATORS[ecfg.type](ecfg, config, towers))
+          for name, ecfg in eval_configs(config).items()}

@@ -1,0 +1,127 @@
+"""GLIP's table for finished runs: masked inference, unmasked, and after unmasked tuning.
+
+  python -m tools.glip_table --runs=workdirs/demo-none,workdirs/demo-random --out=DIR \
+      [--tune_steps=50] [--metric=zeroshot/top1]
+
+For each run (a workdir, read with the config.json it saved) it evaluates the latest
+checkpoint twice, with the training policy at evaluation ("masked inference") and with every
+patch, then tunes it for --tune_steps without masking (FLIP's recipe: mask_ratio 0, the
+learning rate times --tune_lr_scale, from the run's weights, no optimiser state) and
+evaluates again. It writes DIR/glip_table.md (every configured evaluation's --metric and
+the masked training's images/s) and DIR/glip_table.png.
+"""
+
+import json
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+import ml_collections
+import numpy as np
+
+import train
+
+COLUMNS = ('masked', 'unmasked', 'tuned')
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def training_speed(workdir: str) -> float:
+  """Median images/s of the run's logged windows, the first (compilation) left out."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    rows = [json.loads(line) for line in f]
+  speeds = [r['images_per_sec'] for r in rows if 'images_per_sec' in r][1:]
+  return float(np.median(speeds)) if speeds else float('nan')
+
+
+def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: float):
+  """{column: {metric: value}} of one run, plus its policy and training images/s."""
+  base = run_config(workdir)
+  base.eval_only, base.pretrain_dir = False, ''
+  results = {}
+  for column, at_eval in (('masked', True), ('unmasked', False)):
+    config = base.copy_and_resolve_references()
+    config.eval_only, config.resume_dir = True, os.path.abspath(workdir)
+    config.model.model_img.masking.at_eval = at_eval
+    results[column] = train.train_and_evaluate(config, os.path.join(out_dir, column))
+  tuned = base.copy_and_resolve_references()
+  tuned.pretrain_dir, tuned.resume_dir = os.path.abspath(workdir), ''
+  tuned.model.model_img.mask_ratio = 0.0
+  tuned.model.model_img.masking.at_eval = False
+  tuned.learning_rate *= tune_lr_scale
+  tuned.total_steps, tuned.warmup_epochs = tune_steps, 0.0
+  tuned.checkpoint_every_steps, tuned.save_every_epochs, tuned.save_at_end = 0, 0.0, False
+  tuned.eval_every_steps, tuned.eval_at_end = 0, True
+  for ecfg in tuned.evals.values():
+    ecfg.every_steps = 0
+  results['tuned'] = train.train_and_evaluate(tuned, os.path.join(out_dir, 'tuned'))
+  policy = base.model.model_img.masking.policy
+  return policy, 0.0 if policy == 'none' else base.model.model_img.mask_ratio, results
+
+
+def table(rows, metrics) -> str:
+  lines = ['| run | policy | mask ratio | ' + ' | '.join(
+      f'{m} {c}' for m in metrics for c in COLUMNS) + ' | training images/s |',
+           '| --- ' * (4 + len(metrics) * len(COLUMNS)) + '|']
+  for name, policy, ratio, results, speed in rows:
+    cells = [f'{100 * results[c].get(m, float("nan")):.1f}' for m in metrics for c in COLUMNS]
+    lines.append(f'| {name} | {policy} | {ratio:g} | ' + ' | '.join(cells) +
+                 f' | {speed:.0f} |')
+  return '\n'.join(lines) + '\n'
+
+
+def figure(rows, metrics, path):
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.5), squeeze=False)
+  width = 0.8 / len(COLUMNS)
+  for ax, metric in zip(axes[0], metrics):
+    for i, column in enumerate(COLUMNS):
+      values = [100 * r[3][column].get(metric, np.nan) for r in rows]
+      ax.bar(np.arange(len(rows)) + (i - 1) * width, values, width, label=column)
+    ax.set_xticks(np.arange(len(rows)), [r[1] for r in rows])
+    ax.set_ylabel(f'{metric} (%)')
+    ax.set_title(metric)
+  axes[0][0].legend(loc='lower right', fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  runs = [r for r in FLAGS.runs if r]
+  os.makedirs(FLAGS.out, exist_ok=True)
+  rows = []
+  for workdir in runs:
+    name = os.path.basename(os.path.normpath(workdir))
+    logging.info('GLIP table: %s', workdir)
+    policy, ratio, results = evaluate_run(workdir, os.path.join(FLAGS.out, name),
+                                          FLAGS.tune_steps, FLAGS.tune_lr_scale)
+    rows.append((name, policy, ratio, results, training_speed(workdir)))
+  metrics = list(FLAGS.metric)
+  text = table(rows, metrics)
+  with open(os.path.join(FLAGS.out, 'glip_table.md'), 'w') as f:
+    f.write(text)
+  figure(rows, metrics, os.path.join(FLAGS.out, 'glip_table.png'))
+  print(text)
+
+
+if __name__ == '__main__':
+  flags.DEFINE_list('runs', [], 'Workdirs of finished runs.')
+  flags.DEFINE_string('out', 'glip_table', 'Output directory.')
+  flags.DEFINE_integer('tune_steps', 50, 'Steps of unmasked tuning per run.')
+  flags.DEFINE_float('tune_lr_scale', 0.1, 'Tuning learning rate / the run\'s learning rate.')
+  flags.DEFINE_list('metric', ['zeroshot/top1'], 'Metrics (<evaluation>/<metric>) to tabulate.')
+  FLAGS = flags.FLAGS
+  app.run(main)
