@@ -21,10 +21,59 @@ def checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
 CHECKPOINT_ITEMS = ('params', 'opt_state', 'ema_params')
 
 
-def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState):
+RUN_STATE = 'run_state'
+
+
+def save_checkpoint(manager: ocp.CheckpointManager, state: TrainState, run_state=None):
+  """Saves the train state and, when given, `run_state`: what else a resumed run needs to
+  go on exactly (a JSON object: every host's input position, a calibrated threshold)."""
   items = {name: ocp.args.StandardSave(getattr(state, name)) for name in CHECKPOINT_ITEMS
            if getattr(state, name) is not None}
+  if run_state is not None:
+    items[RUN_STATE] = ocp.args.JsonSave(run_state)
   manager.save(int(state.step), args=ocp.args.Composite(**items))
+
+
+def restore_run_state(manager: ocp.CheckpointManager, step: int):
+  """The run_state saved with checkpoint `step`, or None (an older checkpoint has none)."""
+  if not os.path.isdir(os.path.join(str(manager.directory), str(step), RUN_STATE)):
+    return None
+  return manager.restore(step, args=ocp.args.Composite(
+      **{RUN_STATE: ocp.args.JsonRestore()}))[RUN_STATE]
+
+
+class CheckpointError(Exception):
+  """A checkpoint that cannot be resumed from; the message says what to do."""
+
+
+def step_to_resume(manager: ocp.CheckpointManager, resume_step: int) -> int:
+  """The newest step, or `resume_step` (> 0); the checkpoints after it are deleted, since
+  the run goes on from there and will write those steps again."""
+  steps = sorted(manager.all_steps())
+  if resume_step <= 0:
+    return steps[-1]
+  if resume_step not in steps:
+    raise CheckpointError(f'config.resume_step={resume_step}: no such checkpoint in '
+                          f'{manager.directory}; it holds steps {steps}')
+  for later in (s for s in steps if s > resume_step):
+    logging.warning('config.resume_step=%d: deleting the later checkpoint %s/%d', resume_step,
+                    manager.directory, later)
+    manager.delete(later)
+  return resume_step
+
+
+def restore_or_explain(manager: ocp.CheckpointManager, state: TrainState, step: int):
+  """(restored state, run_state), or a CheckpointError naming the damaged checkpoint and how
+  to resume from the one before it."""
+  try:
+    return restore_checkpoint(manager, state, step), restore_run_state(manager, step)
+  except Exception as e:  # orbax and tensorstore raise many kinds for a damaged checkpoint
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    earlier = [s for s in sorted(manager.all_steps()) if s < step]
+    advice = (f'resume from step {earlier[-1]} with --config.resume_step={earlier[-1]}'
+              if earlier else 'there is no earlier one: move it away to start over')
+    raise CheckpointError(f'checkpoint {manager.directory}/{step} cannot be restored '
+                          f'({type(e).__name__}: {cause}); {advice}') from e
 
 
 def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: int):

@@ -18,6 +18,8 @@ import jax
 from ml_collections import config_flags
 import tensorflow as tf
 
+import checkpoints
+import preemption
 import train
 
 FLAGS = flags.FLAGS
@@ -79,8 +81,12 @@ def main(argv):
                jax.default_backend())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except train.NonFiniteLossError as e:
+  except (train.NonFiniteLossError, checkpoints.CheckpointError) as e:
     sys.exit(f'error: {e}')
+  except preemption.Preempted as e:
+    # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
+    print(e, file=sys.stderr)
+    sys.exit(e.exit_status)
 
 
 if __name__ == '__main__':

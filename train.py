@@ -21,6 +21,7 @@ import metrics_writer
 import optimizer
 import partitioning
 import pictures
+import preemption
 import train_step
 from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
@@ -72,6 +73,21 @@ def save_config(config, workdir: str):
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def input_position(run_state) -> int:
+  """Where this host's input stream resumes: its saved position when the host count is the
+  one the checkpoint was written with; else the start of the stream (a new host count
+  splits the files another way, so no saved position applies)."""
+  positions = (run_state or {}).get('input_positions')
+  if not positions:
+    return 0
+  if len(positions) != jax.process_count():
+    logging.warning('The checkpoint was written by %d hosts and %d run now: the input '
+                    'streams restart (the data order differs from an uninterrupted run)',
+                    len(positions), jax.process_count())
+    return 0
+  return positions[jax.process_index()]
+
+
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
@@ -99,10 +115,11 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
                                      if os.path.isdir(os.path.join(config.resume_dir,
                                                                    'checkpoints'))
                                      else config.resume_dir, config)
+  run_state = None
   if resume_from.latest_step() is not None:
-    step = resume_from.latest_step()
+    step = checkpoints.step_to_resume(resume_from, config.resume_step)
     logging.info('Resuming from %s at step %d', resume_from.directory, step)
-    state = checkpoints.restore_checkpoint(resume_from, state, step)
+    state, run_state = checkpoints.restore_or_explain(resume_from, state, step)
   elif config.pretrain_dir:
     logging.info('Initialising weights from %s (optimiser state not loaded)',
                  config.pretrain_dir)
@@ -156,17 +173,25 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     return results
 
   shards = laion.list_shards(config.laion_path)
+  position = input_position(run_state)
   dataset = laion.train_dataset(
       config, tokenizer, shards, process_index=jax.process_index(),
       process_count=jax.process_count(),
-      seed=laion.host_seed(config.seed_tf, start_step, jax.process_index()))
+      seed=laion.host_seed(config.seed_tf, jax.process_index()), start_position=position)
   own_files = laion.host_files(shards.files, jax.process_index(), jax.process_count())
   logging.info('Process %d of %d reads %d of the %d shard files, from %s',
                jax.process_index(), jax.process_count(), len(own_files), len(shards.files),
                own_files[0])
   batches = dataset.as_numpy_iterator()
   first_batch = next(batches)
-  if policy.name == 'cluster' and config.model.model_img.masking.calibrate:
+  calibrate = policy.name == 'cluster' and config.model.model_img.masking.calibrate
+  if calibrate and run_state and run_state.get('cluster_threshold') is not None:
+    config.model.model_img.masking.threshold = run_state['cluster_threshold']
+    logging.info('Cluster masking: the threshold calibrated before, %.4f',
+                 config.model.model_img.masking.threshold)
+    policy = masking.get_policy(config, train=True)
+    calibrate = False
+  if calibrate:
     policy = calibrate_cluster_policy(config, first_batch['image'], init_rng)
     save_config(config, workdir)  # with the calibrated threshold, for masked evaluation
     if policy_at_eval.name != 'none':  # masked inference uses the calibrated threshold
@@ -199,49 +224,69 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   def every(n, step):
     return n > 0 and step % n == 0
 
-  try:
-    for step in range(start_step + 1, total_steps + 1):
-      with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        waited_from = time.time()
-        local_batch = next(batches)
-        input_wait += time.time() - waited_from
-        batch = partitioning.global_batch(mesh, local_batch)
-        state, metrics = step_fn(state, batch, train_rng)
-      pending.append(metrics)
-      window_steps += 1
-      progress(step)
-      is_last = step == total_steps
-      if every(config.log_every_steps, step) or is_last:
-        check_finite(step)
-        summary = _summarize(pending)
-        pending.clear()
-        elapsed = max(time.time() - window_start, 1e-9)
-        summary['images_per_sec'] = window_steps * config.batch_size / elapsed
-        # Time blocked on the next batch: near 0 when the input pipeline keeps up.
-        summary['input_wait_fraction'] = min(input_wait / elapsed, 1.0)
-        writer.write_scalars(step, summary)
-        eta = (total_steps - step) * elapsed / max(window_steps, 1)
-        logging.info('step %d/%d | loss %.4f | %.0f images/s | input wait %.0f%% | ETA %s',
-                     step, total_steps, summary['train_loss'], summary['images_per_sec'],
-                     100 * summary['input_wait_fraction'], _format_seconds(eta))
-        results.update(summary)
-        window_start, window_steps, input_wait = time.time(), 0, 0.0
-      if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
-        check_finite(step)
-        with progress.timed('checkpoint'):
-          checkpoints.save_checkpoint(manager, state)
-        last_saved = step
-      due = lambda ecfg: every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
-      if any(due(ecfg) for ecfg, _ in evaluations.values()):
-        with progress.timed('eval'):
-          results.update(evaluate(step, due))
-        window_start, input_wait = time.time(), 0.0  # evaluation is not training time
-      if every(periods['pictures'], step) or is_last:
-        writer.write_images(step, {'masked_examples': pictures.example_grid(
-            model, policy, state, examples, eval_rng, mesh)[None]})
-  finally:
-    manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
-    writer.flush()
+  def save(step):
+    check_finite(step)
+    positions = multihost_utils.process_allgather(np.int64(position))
+    threshold = (config.model.model_img.masking.threshold if policy.name == 'cluster'
+                 else None)
+    started = time.time()
+    with progress.timed('checkpoint'):
+      checkpoints.save_checkpoint(manager, state, {
+          'input_positions': [int(p) for p in np.ravel(positions)],
+          'cluster_threshold': threshold})
+    logging.info('Checkpoint %d: training waited %.2f s (the write goes on in the background)',
+                 step, time.time() - started)
+    return step
+
+  with preemption.Notice() as notice:
+    try:
+      for step in range(start_step + 1, total_steps + 1):
+        with jax.profiler.StepTraceAnnotation('train', step_num=step):
+          waited_from = time.time()
+          local_batch = next(batches)
+          input_wait += time.time() - waited_from
+          position = int(local_batch.pop('position')[-1])
+          batch = partitioning.global_batch(mesh, local_batch)
+          state, metrics = step_fn(state, batch, train_rng)
+        pending.append(metrics)
+        window_steps += 1
+        progress(step)
+        is_last = step == total_steps
+        if every(config.log_every_steps, step) or is_last:
+          check_finite(step)
+          summary = _summarize(pending)
+          pending.clear()
+          elapsed = max(time.time() - window_start, 1e-9)
+          summary['images_per_sec'] = window_steps * config.batch_size / elapsed
+          # Time blocked on the next batch: near 0 when the input pipeline keeps up.
+          summary['input_wait_fraction'] = min(input_wait / elapsed, 1.0)
+          writer.write_scalars(step, summary)
+          eta = (total_steps - step) * elapsed / max(window_steps, 1)
+          logging.info('step %d/%d | loss %.4f | %.0f images/s | input wait %.0f%% | ETA %s',
+                       step, total_steps, summary['train_loss'], summary['images_per_sec'],
+                       100 * summary['input_wait_fraction'], _format_seconds(eta))
+          results.update(summary)
+          window_start, window_steps, input_wait = time.time(), 0, 0.0
+        if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
+          last_saved = save(step)
+        if notice.reached(step):
+          if last_saved != step:
+            last_saved = save(step)
+          manager.wait_until_finished()
+          stopped = preemption.Preempted(notice.signum, step, manager.directory)
+          logging.warning('%s', stopped)
+          raise stopped
+        due = lambda ecfg: every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
+        if any(due(ecfg) for ecfg, _ in evaluations.values()):
+          with progress.timed('eval'):
+            results.update(evaluate(step, due))
+          window_start, input_wait = time.time(), 0.0  # evaluation is not training time
+        if every(periods['pictures'], step) or is_last:
+          writer.write_images(step, {'masked_examples': pictures.example_grid(
+              model, policy, state, examples, eval_rng, mesh)[None]})
+    finally:
+      manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
+      writer.flush()
   final_table()
   logging.info('Done. Logs and metrics.jsonl in %s; checkpoints in %s', workdir,
                manager.directory)

@@ -139,6 +139,9 @@ def get_config():
   # workdir, its checkpoints/ folder or one step's folder) or a FLIP release as it comes
   # (t5x: a folder of checkpoint_<step>/ or one of them). Empty: none.
   config.pretrain_dir = ''
+  # Resume from this step's checkpoint instead of the newest (0: the newest), e.g. when the
+  # newest is damaged; the checkpoints after it are deleted (and logged).
+  config.resume_step = 0
   # Resume from another run's checkpoints instead of the workdir's own (empty: none).
   config.resume_dir = ''
 

@@ -120,8 +120,17 @@ def _parse_tfrecord(record):
 
 
 def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
-                  process_count: int = 1, seed: int = 0) -> tf.data.Dataset:
-  """Endless host-local batches {'image', 'tokens', 'skipped'} of batch_size / process_count."""
+                  process_count: int = 1, seed: int = 0, start_position: int = 0,
+                  deterministic: bool = True) -> tf.data.Dataset:
+  """Endless host-local batches {'image', 'tokens', 'skipped', 'position'} of
+  batch_size / process_count.
+
+  The stream is a function of the seed, the shard files and the host count. `position` is
+  how many records of it the batch's last example ends at; a pipeline built with
+  start_position=P continues exactly where the batch that ended at P left off (it reads,
+  without decoding, the P records before it). `deterministic=False` lets the shard
+  interleave take records in arrival order (for benchmarks/input_pipeline.py only).
+  """
   if config.batch_size % process_count:
     raise ValueError(f'config.batch_size={config.batch_size} does not divide over '
                      f'{process_count} hosts')
@@ -138,28 +147,32 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
     image = augment.train_image(image_bytes, config.image_size, example_seed,
                                 tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip,
                                 aug.crop_ver)
-    return {'index': index, 'image': image, 'tokens': tokenizer(text)}
+    return {'index': index, 'image': image, 'text': text}
 
   def count_skipped(expected_index, example):
     skipped = example.pop('index') - expected_index
-    return expected_index + skipped + 1, dict(example, skipped=tf.cast(skipped, tf.int32))
+    position = expected_index + skipped + 1
+    return position, dict(example, skipped=tf.cast(skipped, tf.int32), position=position)
 
   ds = tf.data.Dataset.from_tensor_slices(files)
   ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
   # Deterministic, so that the same seed gives the same batches, run after run.
   ds = ds.interleave(_read_file(shards.format), cycle_length=min(config.num_parallel_reads,
                                                                  len(files)),
-                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   ds = ds.shuffle(config.shuffle_buffer, seed=seed)
-  ds = ds.enumerate()
+  ds = ds.skip(start_position).enumerate(start_position)
   # Order-preserving map, so that the gaps ignore_errors leaves in `index` are the skips.
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors()
-  ds = ds.scan(tf.constant(0, tf.int64), count_skipped)
+  ds = ds.scan(tf.constant(start_position, tf.int64), count_skipped)
   ds = ds.batch(local_batch, drop_remainder=True)
+  # A batch at a time: WordPiece over one string per call costs more than the decode.
+  ds = ds.map(lambda b: dict(b, tokens=tokenizer(b.pop('text'))),
+              num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def host_seed(seed: int, start_step: int, process_index: int) -> int:
-  """A data seed that differs per host and per resumption, so no stream is replayed."""
-  return int(np.random.SeedSequence([seed, start_step, process_index]).generate_state(1)[0])
+def host_seed(seed: int, process_index: int) -> int:
+  """The data seed of one host: hosts read different files in different orders."""
+  return int(np.random.SeedSequence([seed, process_index]).generate_state(1)[0])
