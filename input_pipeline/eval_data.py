@@ -247,7 +247,8 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
     names = list(builder.info.features['label'].names)
     if spec.startswith('imagenet2012'):
       names = _metadata()['classnames']  # TFDS names ImageNet classes by WordNet id
-    offset = sum(math.ceil(num_examples / process_count) for _ in range(process_index))
+    # Positions only need to be distinct: even_splits gives each host a contiguous part.
+    offset = process_index * math.ceil(num_examples / process_count)
     ds = ds.enumerate(offset).map(lambda i, x: (x['image'], x['label'], i))
     if limit:
       num_examples = min(num_examples, limit)
@@ -256,9 +257,9 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
                                   process_count)
   logging.info('evaluation set %s (%s): %d images, %d classes', spec, split, num_examples,
                len(names))
-  return EvalImages(dataset, num_examples, num_batches,
-                    classnames=classnames(ecfg.classnames, names, field.replace('dataset', 'classnames')),
-                    templates=set_templates)
+  return EvalImages(dataset, num_examples, num_batches, templates=set_templates,
+                    classnames=classnames(ecfg.classnames, names,
+                                          field.replace('dataset', 'classnames')))
 
 
 def retrieval_images(ecfg, *, image_size: int, eval_pad: int, local_batch_size: int,
