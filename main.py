@@ -21,6 +21,7 @@ import tensorflow as tf
 import checkpoints
 import preemption
 import train
+import workdir_lock
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and '
@@ -81,7 +82,8 @@ def main(argv):
                jax.default_backend())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteLossError, checkpoints.CheckpointError) as e:
+  except (train.NonFiniteLossError, checkpoints.CheckpointError,
+          workdir_lock.WorkdirBusy) as e:
     sys.exit(f'error: {e}')
   except preemption.Preempted as e:
     # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.

@@ -23,6 +23,7 @@ import partitioning
 import pictures
 import preemption
 import train_step
+import workdir_lock
 from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
@@ -91,6 +92,11 @@ def input_position(run_state) -> int:
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
+  with workdir_lock.held(workdir):
+    return _run(config, workdir)
+
+
+def _run(config, workdir: str) -> Dict[str, Any]:
   save_config(config, workdir)
   mesh = partitioning.make_mesh(config)
   partitioning.check_divisibility(config, mesh)
@@ -173,6 +179,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     return results
 
   shards = laion.list_shards(config.laion_path)
+  laion.check_readable(config, shards, jax.process_index(), jax.process_count())
   position = input_position(run_state)
   dataset = laion.train_dataset(
       config, tokenizer, shards, process_index=jax.process_index(),

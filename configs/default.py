@@ -65,6 +65,9 @@ def get_config():
   config.shuffle_buffer = 10_000
   # tf.data's parallel reads of shard files.
   config.num_parallel_reads = 16
+  # At start-up each host tries this many records of its shards and stops, naming the files,
+  # if none holds a decodable image (instead of skipping bad records forever).
+  config.unreadable_records_limit = 1000
   # (FLIP: caches its evaluation set in memory.) No effect: tf.data reads the evaluation
   # set once per evaluation.
   config.cache = True

@@ -111,6 +111,30 @@ def _read_file(shard_format):
   return read
 
 
+def check_readable(config, shards: Shards, process_index: int = 0, process_count: int = 1):
+  """Stops at once, naming the files, when none of the first config.unreadable_records_limit
+  records of this host's shard files holds a decodable image; the endless training stream
+  would otherwise skip bad records forever without yielding a batch."""
+  files = host_files(shards.files, process_index, process_count)
+  limit = config.unreadable_records_limit
+
+  def readable(example):
+    image_bytes = (_parse_tfrecord(example['record'])[0] if shards.format == TFRECORD
+                   else example['jpg'])
+    return tf.shape(augment.decode(image_bytes))[0]
+
+  ds = tf.data.Dataset.from_tensor_slices(files).interleave(
+      _read_file(shards.format), cycle_length=min(config.num_parallel_reads, len(files)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.take(limit).map(readable, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  if not list(ds.take(1).as_numpy_iterator()):
+    shown = ', '.join(files[:3]) + (f' and {len(files) - 3} more' if len(files) > 3 else '')
+    raise ValueError(f'config.laion_path={config.laion_path!r}: none of the first {limit} '
+                     f'records of {shown} could be read as an image-caption pair (damaged or '
+                     'not img2dataset shards); config.unreadable_records_limit sets how many '
+                     'are tried')
+
+
 def _parse_tfrecord(record):
   features = tf.io.parse_single_example(record, {
       'jpg': tf.io.FixedLenFeature([], tf.string, default_value=''),

@@ -111,3 +111,59 @@ def test_partial_and_damaged_checkpoints(tmp_path, demo_dir):
     train.train_and_evaluate(config(4), str(workdir))
   train.train_and_evaluate(config(4, resume_step=2), str(workdir))
   assert sorted(os.listdir(workdir / 'checkpoints'), key=lambda s: (len(s), s))[-1] == '4'
+
+
+def _bad_shards(tmp_path):
+  """Three kinds of training data of which no record can be read."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from input_pipeline import demo_data  # pylint: disable=g-import-not-at-top
+  random_bytes = tmp_path / 'random'
+  random_bytes.mkdir()
+  (random_bytes / '00000.tfrecord').write_bytes(np.random.RandomState(0).bytes(5000))
+  cut = tmp_path / 'cut'
+  cut.mkdir()
+  good = tmp_path / 'good'
+  good.mkdir()
+  demo_data.write_shards(str(good), [('000', b'not an image', 'a red circle')] * 5, 1,
+                         ('tfrecord',), 32)
+  (cut / '00000.tfrecord').write_bytes((good / 'train' / '00000.tfrecord').read_bytes()[:100])
+  return {'random bytes': random_bytes, 'cut to 100 bytes': cut,
+          'jpg not an image': good / 'train'}
+
+
+def test_unreadable_training_data_stops_at_once_naming_the_files(tmp_path, demo_dir):
+  import pytest  # pylint: disable=g-import-not-at-top
+  from input_pipeline import laion  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  for kind, folder in _bad_shards(tmp_path).items():
+    config = micro_config(demo_dir, laion_path=str(folder))
+    with pytest.raises(ValueError, match=r'none of the first 1000 records of .*00000.tfrecord'):
+      laion.check_readable(config, laion.list_shards(config.laion_path))
+  # The whole command, bounded in time (it used to spin forever).
+  done = subprocess.run(main_command(tmp_path / 'run', demo_dir,
+                                     f'--config.laion_path={tmp_path / "random"}',
+                                     '--config.total_steps=2'),
+                        cwd=ROOT, capture_output=True, text=True, timeout=180)
+  assert done.returncode != 0 and 'none of the first 1000 records' in done.stderr
+
+
+def test_one_run_per_workdir(tmp_path, demo_dir):
+  import fcntl  # pylint: disable=g-import-not-at-top
+  import pytest  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  import workdir_lock  # pylint: disable=g-import-not-at-top
+  from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'shared'
+  workdir.mkdir()
+  with open(workdir / '.lock', 'a+') as other:  # another run holds it
+    other.write('pid 4242 on elsewhere\n')
+    other.flush()
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with pytest.raises(workdir_lock.WorkdirBusy, match=r'in use by another run \(pid 4242'):
+      train.train_and_evaluate(micro_config(demo_dir, total_steps=1), str(workdir))
+  assert not os.path.exists(workdir / 'checkpoints')  # nothing of the refused run
+  # Released (as when the other run ends or crashes): the next run goes ahead.
+  train.train_and_evaluate(micro_config(demo_dir, total_steps=1, eval_at_end=False),
+                           str(workdir))
+  assert os.listdir(workdir / 'checkpoints') == ['1']
