@@ -125,6 +125,9 @@ def _run(config, workdir: str) -> Dict[str, Any]:
   if resume_from.latest_step() is not None:
     step = checkpoints.step_to_resume(resume_from, config.resume_step)
     logging.info('Resuming from %s at step %d', resume_from.directory, step)
+    if config.pretrain_dir:
+      logging.warning('config.pretrain_dir=%s is not loaded: the run resumes from its own '
+                      'checkpoint (pretrain_dir only starts a new run)', config.pretrain_dir)
     state, run_state = checkpoints.restore_or_explain(resume_from, state, step)
   elif config.pretrain_dir:
     logging.info('Initialising weights from %s (optimiser state not loaded)',
@@ -214,6 +217,7 @@ def _run(config, workdir: str) -> Dict[str, Any]:
                                              every_steps=config.log_every_steps,
                                              every_secs=None)
   pending, last_saved = [], manager.latest_step()
+  started_at = time.time()
   window_start, window_steps, input_wait = time.time(), 0, 0.0
   results: Dict[str, Any] = {}
 
@@ -295,7 +299,10 @@ def _run(config, workdir: str) -> Dict[str, Any]:
       manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
       writer.flush()
   final_table()
-  logging.info('Done. Logs and metrics.jsonl in %s; checkpoints in %s', workdir,
+  logging.info('Done: steps %d..%d in %s, final loss %s. Logs and metrics.jsonl in %s; '
+               'checkpoints in %s', start_step, total_steps,
+               _format_seconds(time.time() - started_at),
+               f"{results['train_loss']:.4f}" if 'train_loss' in results else 'n/a', workdir,
                manager.directory)
   return results
 

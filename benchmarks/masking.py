@@ -1,6 +1,6 @@
 """Cost of each masking policy relative to unmasked training, measured in one run.
 
-  python -m benchmarks.masking [--sizes=tiny,b16] [--batch_size=32] [--steps=5]
+  python -m benchmarks.masking [--sizes=tiny,B/16] [--batch_size=32] [--steps=5]
 
 For each model size: the median train-step time with no masking, then for each policy at
 50% masking its median step time (`step_ratio` = policy step / unmasked step) and the
@@ -25,7 +25,8 @@ from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import median_seconds, median_step_seconds
 from configs import default, tiny
 
-flags.DEFINE_list('sizes', ['tiny', 'b16'], 'Model sizes: tiny (configs/tiny.py) and/or b16.')
+flags.DEFINE_list('sizes', ['tiny', 'B/16'], 'Model sizes: tiny (configs/tiny.py) or a name '
+                  'of configs/default.py SIZES (B/16, L/16, H/14), as benchmarks.memory.')
 flags.DEFINE_list('policies', ['random', 'gaussian', 'cluster', 'attentive'], 'Policies.')
 flags.DEFINE_integer('batch_size', 32, 'Batch size.')
 flags.DEFINE_integer('steps', 5, 'Timed train steps per measurement (after 2 warm-up steps).')
@@ -35,11 +36,12 @@ FLAGS = flags.FLAGS
 def size_config(size):
   if size == 'tiny':
     return tiny.get_config()
-  if size == 'b16':
+  if size in default.SIZES:
     config = default.get_config()
-    default.set_size(config, 'B/16')
+    default.set_size(config, size)
     return config
-  raise ValueError(f'--sizes: unknown size {size!r}; expected tiny or b16')
+  raise ValueError(f'--sizes: unknown size {size!r}; expected tiny or one of '
+                   f'{sorted(default.SIZES)}')
 
 
 def measure(config, policy_name, mask_ratio, batch, repeats):

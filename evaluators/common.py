@@ -43,6 +43,7 @@ class Towers:
     self.mesh, self.tokenizer = mesh, tokenizer
     self.batch_size = config.eval_batch_size
     self.policy = masking.get_policy(config, train=False)
+    self.skipped = 0  # unreadable images of the last set encoded
     rules = partitioning.logical_rules(config)
     repl = partitioning.replicated(mesh)
     self._image = partitioning.jit(functools.partial(image_step, model=model,
@@ -62,6 +63,10 @@ class Towers:
     embeddings, labels, indices = (np.concatenate([o[k] for o in outs])
                                    for k in ('embedding', 'label', 'index'))
     real = indices >= 0
+    self.skipped = data.num_examples - int(real.sum())
+    if not real.any():
+      raise ValueError(f'none of the {data.num_examples} images of the evaluation set could '
+                       'be read (damaged or not images)')
     order = np.argsort(indices[real], kind='stable')
     return embeddings[real][order], labels[real][order]
 

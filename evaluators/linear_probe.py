@@ -96,8 +96,10 @@ class LinearProbe:
   def __call__(self, state, rng) -> Dict[str, float]:
     train_x, train_y = self.towers.images(state, self.train, rng)
     test_x, test_y = self.towers.images(state, self.test, rng)
+    skipped = self.towers.skipped
     metrics = linear_probe(train_x, train_y, test_x, test_y,
                            len(self.train.classnames), tuple(self.ecfg.weight_decays),
                            mesh=self.towers.mesh, steps=self.ecfg.probe_steps)
-    metrics.update(train_images=float(len(train_y)), images=float(len(test_y)))
+    metrics.update(train_images=float(len(train_y)), images=float(len(test_y)),
+                   skipped_images=float(skipped))
     return metrics

@@ -47,5 +47,6 @@ class Retrieval:
     images, _ = self.towers.images(state, self.data, rng)
     texts = self.towers.texts(state.params, self.data.captions)
     metrics = recall_at_k(images, texts, self.data.caption_image, self.ks)
-    metrics.update(images=float(len(images)), captions=float(len(texts)))
+    metrics.update(images=float(len(images)), captions=float(len(texts)),
+                   skipped_images=float(self.towers.skipped))
     return metrics

@@ -47,5 +47,5 @@ class ZeroShotClassification:
     embeddings, labels = self.towers.images(state, self.data, rng)
     metrics = classification_metrics(embeddings @ self.classifier(state.params).T, labels,
                                       len(self.data.classnames))
-    metrics['images'] = float(len(labels))
+    metrics.update(images=float(len(labels)), skipped_images=float(self.towers.skipped))
     return metrics

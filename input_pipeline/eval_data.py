@@ -98,10 +98,13 @@ def _folder(root: str, field: str):
     raise ValueError(f'{field}=folder:{root}: expected one sub-folder per class')
   files, labels = [], []
   for label, name in enumerate(classes):
-    for f in sorted(os.listdir(os.path.join(root, name))):
-      if f.lower().endswith(IMAGE_SUFFIXES):
-        files.append(os.path.join(root, name, f))
-        labels.append(label)
+    found = [f for f in sorted(os.listdir(os.path.join(root, name)))
+             if f.lower().endswith(IMAGE_SUFFIXES)]
+    if not found:
+      logging.warning('%s=folder:%s: class folder %r holds no images; it is still a class '
+                      'the images are scored against', field, root, name)
+    files += [os.path.join(root, name, f) for f in found]
+    labels += [label] * len(found)
   if not files:
     raise ValueError(f'{field}=folder:{root}: the class folders hold no images')
   return files, labels, [c.replace('_', ' ') for c in classes]

@@ -157,3 +157,21 @@ def test_glip_table_evaluates_masked_unmasked_and_tuned(tmp_path, trained):
   assert text.splitlines()[2].startswith('| trained | random | 0.5 |')
   glip_table.figure(rows, ['zeroshot/top1'], str(tmp_path / 'table.png'))
   assert Image.open(tmp_path / 'table.png').size[0] > 100
+
+
+def test_unreadable_evaluation_images_are_counted_and_none_readable_is_an_error(
+    tmp_path, demo_dir, trained):
+  import shutil  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / 'zeroshot'
+  shutil.copytree(demo_dir / 'zeroshot', folder)
+  first = sorted(folder.iterdir())[0]
+  (sorted(first.iterdir())[0]).write_bytes(b'not an image')
+  config = micro_config(demo_dir, eval_only=True, resume_dir=str(trained),
+                        eval_dataset=f'folder:{folder}')
+  train.train_and_evaluate(config, str(tmp_path / 'one_bad'))
+  row = metrics_rows(tmp_path / 'one_bad')[-1]
+  assert row['zeroshot/skipped_images'] == 1 and row['zeroshot/images'] == 63
+  for image in folder.glob('*/*'):
+    image.write_bytes(b'not an image')
+  with pytest.raises(ValueError, match='none of the 64 images of the evaluation set'):
+    train.train_and_evaluate(config, str(tmp_path / 'all_bad'))

@@ -11,7 +11,7 @@
 # checkpoints together, so workdir must be a path every worker reaches (a gs:// bucket).
 set -euo pipefail
 : "${TPU_NAME:?set TPU_NAME}" "${ZONE:?set ZONE}"
-REPO_URL=${REPO_URL:-$(git config --get remote.origin.url)}
+REPO_URL=${REPO_URL:-$(git config --get remote.origin.url || true)}
 REPO_DIR=${REPO_DIR:-mlip}
 project=()
 [[ -n "${PROJECT:-}" ]] && project=(--project "$PROJECT")
@@ -23,6 +23,7 @@ on_all_workers() {
 
 case "${1:-}" in
   install)
+    : "${REPO_URL:?set REPO_URL: this checkout has no git remote to clone on the workers}"
     on_all_workers "set -e; [ -d $REPO_DIR ] || git clone $REPO_URL $REPO_DIR; cd $REPO_DIR;
       git pull --ff-only; python3 -m venv .venv; .venv/bin/pip install -q -r requirements.txt;
       .venv/bin/pip install -q -U 'jax[tpu]>=0.10.2,<0.11' \
