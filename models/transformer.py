@@ -22,8 +22,7 @@ REMAT_POLICIES = {
 }
 
 # FLIP's initialisers. Its q, k and v are three [D, D] kernels where other code fuses one
-# [D, 3D]; the 0.5 keeps their variance that of the fused kernel.
-QKV_INIT = nn.initializers.variance_scaling(0.5, 'fan_avg', 'uniform')
+# [D, 3D]: they are drawn at scale 0.5 (HeadsDense) to keep the fused kernel's variance.
 XAVIER = nn.initializers.xavier_uniform()
 
 
