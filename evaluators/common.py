@@ -43,7 +43,6 @@ class Towers:
     self.mesh, self.tokenizer = mesh, tokenizer
     self.batch_size = config.eval_batch_size
     self.policy = masking.get_policy(config, train=False)
-    self.skipped = 0  # unreadable images of the last set encoded
     rules = partitioning.logical_rules(config)
     repl = partitioning.replicated(mesh)
     self._image = partitioning.jit(functools.partial(image_step, model=model,
@@ -53,7 +52,8 @@ class Towers:
                                   out_shardings=repl)
 
   def images(self, state: TrainState, data: eval_data.EvalImages, rng):
-    """(embeddings [N, E], labels [N]) in the set's order, padding dropped."""
+    """(embeddings [N, E], labels [N], unreadable images skipped) in the set's order,
+    padding dropped."""
     ema = state.ema_params if self.policy.needs_scores else None
     outs = []
     for i, batch in enumerate(data.dataset.as_numpy_iterator()):
@@ -63,12 +63,11 @@ class Towers:
     embeddings, labels, indices = (np.concatenate([o[k] for o in outs])
                                    for k in ('embedding', 'label', 'index'))
     real = indices >= 0
-    self.skipped = data.num_examples - int(real.sum())
     if not real.any():
       raise ValueError(f'none of the {data.num_examples} images of the evaluation set could '
                        'be read (damaged or not images)')
     order = np.argsort(indices[real], kind='stable')
-    return embeddings[real][order], labels[real][order]
+    return embeddings[real][order], labels[real][order], data.num_examples - int(real.sum())
 
   def texts(self, params, texts: List[str]) -> np.ndarray:
     """[T, E] embeddings of `texts`, eval_batch_size at a time, split over `data`."""

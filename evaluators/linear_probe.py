@@ -94,9 +94,8 @@ class LinearProbe:
     self.train = eval_data.classification_images(train_cfg, **kwargs)
 
   def __call__(self, state, rng) -> Dict[str, float]:
-    train_x, train_y = self.towers.images(state, self.train, rng)
-    test_x, test_y = self.towers.images(state, self.test, rng)
-    skipped = self.towers.skipped
+    train_x, train_y, _ = self.towers.images(state, self.train, rng)
+    test_x, test_y, skipped = self.towers.images(state, self.test, rng)
     metrics = linear_probe(train_x, train_y, test_x, test_y,
                            len(self.train.classnames), tuple(self.ecfg.weight_decays),
                            mesh=self.towers.mesh, steps=self.ecfg.probe_steps)

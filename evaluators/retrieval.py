@@ -44,9 +44,9 @@ class Retrieval:
                                            **common.images_kwargs(config, ecfg, towers.batch_size))
 
   def __call__(self, state, rng) -> Dict[str, float]:
-    images, _ = self.towers.images(state, self.data, rng)
+    images, _, skipped = self.towers.images(state, self.data, rng)
     texts = self.towers.texts(state.params, self.data.captions)
     metrics = recall_at_k(images, texts, self.data.caption_image, self.ks)
     metrics.update(images=float(len(images)), captions=float(len(texts)),
-                   skipped_images=float(self.towers.skipped))
+                   skipped_images=float(skipped))
     return metrics

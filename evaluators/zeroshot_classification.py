@@ -44,8 +44,8 @@ class ZeroShotClassification:
     return np.asarray(clip.l2_normalize(clip.l2_normalize(ztxt).mean(axis=1)))
 
   def __call__(self, state, rng) -> Dict[str, float]:
-    embeddings, labels = self.towers.images(state, self.data, rng)
+    embeddings, labels, skipped = self.towers.images(state, self.data, rng)
     metrics = classification_metrics(embeddings @ self.classifier(state.params).T, labels,
                                       len(self.data.classnames))
-    metrics.update(images=float(len(labels)), skipped_images=float(self.towers.skipped))
+    metrics.update(images=float(len(labels)), skipped_images=float(skipped))
     return metrics
