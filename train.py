@@ -209,10 +209,10 @@ def _run(config, workdir: str) -> Dict[str, Any]:
   batches = itertools.chain([first_batch], batches)
   examples = first_batch['image'][:8]  # shown masked in TensorBoard every vis_every_epochs
   step_fn = train_step.jit_train_step(config, model, policy, objective, state, mesh)
-  logging.info('Training %s for steps %d..%d on %d devices (%s masking, %d of %d patches '
-               'kept), shards: %d %s files', workdir, start_step, total_steps,
-               jax.device_count(), policy.name, policy.num_keep, policy.num_patches,
-               len(shards.files), shards.format)
+  logging.info('Training %s for steps %d..%d on %d devices, mesh %s (%s masking, %d of %d '
+               'patches kept), shards: %d %s files', workdir, start_step, total_steps,
+               jax.device_count(), dict(mesh.shape), policy.name, policy.num_keep,
+               policy.num_patches, len(shards.files), shards.format)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps,
                                              every_secs=None)

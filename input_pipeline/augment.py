@@ -1,8 +1,10 @@
 """Image decoding and augmentation in TensorFlow, seeded per example for reproducibility.
 
-The crops are FLIP's (`aug.crop_ver`, `aug.eval_pad`), drawn from stateless random numbers
-so that the same seed gives the same crops.
+The crops and the resize are FLIP's (`aug.crop_ver`, `aug.eval_pad`, bicubic without
+antialiasing), drawn from stateless random numbers so that the same seed gives the same crops.
 """
+
+import math
 
 import tensorflow as tf
 
@@ -21,11 +23,6 @@ def decode(image_bytes):
   return image
 
 
-def normalize(image):
-  image = tf.cast(image, tf.float32) / 255.0
-  return (image - tf.constant(MEAN_RGB)) / tf.constant(STDDEV_RGB)
-
-
 def centre_window(shape, size, pad):
   """[top, left, side, side] of the centre square covering size / (size + pad) of the
   shorter side (FLIP's evaluation crop)."""
@@ -37,35 +34,46 @@ def centre_window(shape, size, pad):
 
 
 def random_window(shape, seed, area_range, aspect_ratio_range, size, attempts=10):
-  """FLIP's `v4` crop (PyTorch's RandomResizedCrop): the first of 10 draws of area and
-  log-uniform aspect ratio that fits the image, at a uniform offset; else the centre crop."""
-  draw_seed, offset_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  area_seed, ratio_seed = tf.unstack(tf.random.experimental.stateless_split(draw_seed, 2))
+  """FLIP's `v4` crop (PyTorch's RandomResizedCrop) and a coin for the flip:
+  ([top, left, height, width], flip). The window is the first of 10 draws of area and
+  log-uniform aspect ratio that fits the image, at a uniform offset; else the centre crop.
+
+  Every draw comes from one stateless call, and the fallback is a select rather than a
+  tf.cond: per example, each op costs as much as decoding a small JPEG.
+  """
+  draws = tf.random.stateless_uniform([2 * attempts + 3], seed)
   height, width = shape[0], shape[1]
   area = tf.cast(height * width, tf.float32)
-  target_area = area * tf.random.stateless_uniform([attempts], area_seed, area_range[0],
-                                                    area_range[1])
-  log_ratio = tf.math.log(tf.constant(aspect_ratio_range, tf.float32))
-  ratio = tf.exp(tf.random.stateless_uniform([attempts], ratio_seed, log_ratio[0],
-                                             log_ratio[1]))
+  target_area = area * (area_range[0] + (area_range[1] - area_range[0]) * draws[:attempts])
+  log_low, log_high = math.log(aspect_ratio_range[0]), math.log(aspect_ratio_range[1])
+  ratio = tf.exp(log_low + (log_high - log_low) * draws[attempts:2 * attempts])
   w = tf.cast(tf.round(tf.sqrt(target_area * ratio)), tf.int32)
   h = tf.cast(tf.round(tf.sqrt(target_area / ratio)), tf.int32)
-  fits = tf.logical_and(tf.logical_and(w <= width, h <= height),
-                        tf.logical_and(w > 0, h > 0))
+  fits = (w <= width) & (h <= height) & (w > 0) & (h > 0)
   first = tf.argmax(tf.cast(fits, tf.int32))
   w, h = w[first], h[first]
-  offsets = tf.random.stateless_uniform([2], offset_seed, 0.0, 1.0)
-  top = tf.cast(offsets[0] * tf.cast(height - h + 1, tf.float32), tf.int32)
-  left = tf.cast(offsets[1] * tf.cast(width - w + 1, tf.float32), tf.int32)
-  return tf.cond(fits[first], lambda: tf.stack([top, left, h, w]),
-                 lambda: centre_window(shape, size, CROP_PADDING))
+  top = tf.cast(draws[-3] * tf.cast(height - h + 1, tf.float32), tf.int32)
+  left = tf.cast(draws[-2] * tf.cast(width - w + 1, tf.float32), tf.int32)
+  window = tf.where(fits[first], tf.stack([top, left, h, w]),
+                    centre_window(shape, size, CROP_PADDING))
+  return window, draws[-1] < 0.5
 
 
 def crop_and_resize(image, window, size):
+  """Bicubic, not antialiased, as FLIP resizes: float32 [size, size, 3], not yet clipped."""
   image = tf.slice(image, tf.stack([window[0], window[1], 0]),
                    tf.stack([window[2], window[3], 3]))
-  image = tf.image.resize(image, [size, size], method='bicubic', antialias=True)
-  return tf.clip_by_value(image, 0.0, 255.0)
+  return tf.image.resize(image, [size, size], method='bicubic')
+
+
+def finish(image, flip):
+  """Clip to [0, 255], flip if `flip`, normalise, in four passes over the pixels."""
+  image = tf.clip_by_value(image, 0.0, 255.0)
+  width = tf.shape(image)[1]
+  image = tf.gather(image, tf.where(flip, tf.range(width - 1, -1, -1), tf.range(width)),
+                    axis=1)
+  return image * (1 / (255 * tf.constant(STDDEV_RGB))) - (tf.constant(MEAN_RGB) /
+                                                          tf.constant(STDDEV_RGB))
 
 
 def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
@@ -74,24 +82,22 @@ def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
   float32 [size, size, 3]."""
   if crop_ver not in CROP_VERSIONS:
     raise ValueError(f'config.aug.crop_ver={crop_ver!r}: expected one of {CROP_VERSIONS}')
-  crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
   image = decode(image_bytes)
   shape = tf.shape(image)
   if crop_ver == 'v4':
-    window = random_window(shape, crop_seed, area_range, aspect_ratio_range, size)
+    window, coin = random_window(shape, seed, area_range, aspect_ratio_range, size)
   else:
-    window = centre_window(shape, size, 0)
-  image = crop_and_resize(image, window, size)
-  if flip:
-    image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    window, coin = centre_window(shape, size, 0), tf.random.stateless_uniform([], seed) < 0.5
+  image = finish(crop_and_resize(image, window, size), tf.logical_and(coin, flip))
   image.set_shape([size, size, 3])
-  return normalize(image)
+  return image
 
 
 def eval_image(image_bytes, size, pad=0):
   """The centre square of size / (size + pad) of the shorter side, resized to size x size
   (FLIP's `aug.eval_pad`): float32 [size, size, 3]."""
   image = decode(image_bytes)
-  image = crop_and_resize(image, centre_window(tf.shape(image), size, pad), size)
+  image = finish(crop_and_resize(image, centre_window(tf.shape(image), size, pad), size),
+                 False)
   image.set_shape([size, size, 3])
-  return normalize(image)
+  return image

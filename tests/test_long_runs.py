@@ -1,11 +1,14 @@
-"""Long runs on preemptible machines: kill -9 and resume trains exactly as an uninterrupted
-run; SIGTERM finishes the step, saves, exits 143, and the same command resumes there."""
+"""Long runs on preemptible machines: kill -9 (even during a save) and resume trains exactly
+as an uninterrupted run, as does the same command on 8 devices; SIGTERM finishes the step,
+saves, exits 143, and the same command resumes there."""
 
 import os
 import re
 import signal
 import subprocess
 import time
+
+import pytest
 
 from tests.conftest import ROOT, main_command, metrics_rows
 
@@ -28,30 +31,69 @@ def _wait_for(condition, process, seconds=300):
     time.sleep(0.02)
 
 
-def test_kill_9_then_the_same_command_trains_the_same_batches_and_losses(tmp_path, demo_dir):
-  flags = ['--config.total_steps=150', '--config.checkpoint_every_steps=10',
-           '--config.eval_at_end=False', '--config.vis_every_epochs=0']
-  reference = tmp_path / 'reference'
-  done = subprocess.run(main_command(reference, demo_dir, *flags), cwd=ROOT,
+FLAGS = ['--config.total_steps=60', '--config.checkpoint_every_steps=10',
+         '--config.eval_at_end=False', '--config.vis_every_epochs=0']
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, demo_dir):
+  """Per-step losses of one run of FLAGS on one device, from start to end."""
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  done = subprocess.run(main_command(workdir, demo_dir, *FLAGS), cwd=ROOT,
                         capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
+  return _losses(workdir)
 
+
+def test_kill_9_during_a_save_then_the_same_command_trains_the_same_losses(
+    tmp_path, demo_dir, uninterrupted):
   interrupted = tmp_path / 'interrupted'
-  run = _start(interrupted, demo_dir, tmp_path / 'first.log', *flags)
+  saving_every_step = [*FLAGS, '--config.checkpoint_every_steps=2']
+  run = _start(interrupted, demo_dir, tmp_path / 'first.log', *saving_every_step)
+
+  def partial_save():
+    """The step of an unfinished save at step 20 or later, or None."""
+    try:
+      names = os.listdir(interrupted / 'checkpoints')
+    except FileNotFoundError:
+      return None
+    steps = [int(m.group(1)) for m in map(re.compile(r'(\d+)\.orbax-checkpoint-tmp').match,
+                                         names) if m]
+    return max(steps) if steps and max(steps) >= 20 else None
+
   try:
-    _wait_for(lambda: os.path.isdir(interrupted / 'checkpoints' / '30'), run)
+    _wait_for(partial_save, run)
     run.send_signal(signal.SIGKILL)
     assert run.wait(timeout=60) == -signal.SIGKILL
   finally:
     run.kill()
-  again = subprocess.run(main_command(interrupted, demo_dir, *flags), cwd=ROOT,
+  killed_during = partial_save()
+  assert killed_during is not None
+  again = subprocess.run(main_command(interrupted, demo_dir, *saving_every_step), cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
   assert again.returncode == 0, again.stderr[-3000:]
   resumed_at = int(re.search(r'Resuming from .* at step (\d+)', again.stderr).group(1))
-  assert 30 <= resumed_at < 150
-  expected, got = _losses(reference), _losses(interrupted)
-  assert sorted(got) == list(range(1, 151))
-  assert got == expected  # every step, before and after the kill, bit for bit
+  assert 18 <= resumed_at < killed_during  # the last finished save, never the partial one
+  got = _losses(interrupted)
+  assert sorted(got) == list(range(1, 61))
+  assert got == uninterrupted  # every step, before and after the kill, bit for bit
+
+
+def test_main_on_8_devices_trains_the_one_device_losses(tmp_path, demo_dir, uninterrupted):
+  """Data parallel over 4 devices, each parameter split over them (FSDP) and over 2 more
+  (tensor parallel): the same per-step losses as one device, to float rounding."""
+  workdir = tmp_path / 'mesh'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             JAX_PLATFORMS='cpu')
+  done = subprocess.run(main_command(workdir, demo_dir, *FLAGS,
+                                     '--config.partitioning.strategy=fsdp',
+                                     '--config.partitioning.num_partitions=2'),
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "mesh {'data': 4, 'model': 2}" in done.stderr, done.stderr[-3000:]
+  got = _losses(workdir)
+  assert sorted(got) == sorted(uninterrupted)
+  assert max(abs(got[step] - uninterrupted[step]) for step in got) < 1e-5
 
 
 def test_sigterm_saves_the_step_and_the_next_start_resumes_there(tmp_path, demo_dir):
@@ -88,7 +130,6 @@ def test_sigterm_saves_the_step_and_the_next_start_resumes_there(tmp_path, demo_
 
 
 def test_partial_and_damaged_checkpoints(tmp_path, demo_dir):
-  import pytest  # pylint: disable=g-import-not-at-top
   import checkpoints  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
@@ -133,7 +174,6 @@ def _bad_shards(tmp_path):
 
 
 def test_unreadable_training_data_stops_at_once_naming_the_files(tmp_path, demo_dir):
-  import pytest  # pylint: disable=g-import-not-at-top
   from input_pipeline import laion  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
   for kind, folder in _bad_shards(tmp_path).items():
@@ -150,7 +190,6 @@ def test_unreadable_training_data_stops_at_once_naming_the_files(tmp_path, demo_
 
 def test_one_run_per_workdir(tmp_path, demo_dir):
   import fcntl  # pylint: disable=g-import-not-at-top
-  import pytest  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   import workdir_lock  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
