@@ -5,7 +5,9 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo
 POLICY ?= random
-DEMO_WORKDIR ?= workdirs/demo-$(POLICY)
+# A demo with ARGS trains in its own workdir (named by a checksum of ARGS), so that it never
+# resumes, or is refused by, a finished demo of another config.
+DEMO_WORKDIR ?= workdirs/demo-$(POLICY)$(if $(strip $(ARGS)),-$(shell printf '%s' '$(ARGS)' | cksum | cut -d' ' -f1))
 
 .PHONY: demo test data clean glip-table
 
@@ -31,7 +33,7 @@ demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 # GLIP's table for the demo's policies at equal training compute (the same number of encoded
 # image patches: the unmasked run trains half the steps of the 50%-masked ones).
 glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
-	$(MAKE) demo POLICY=none ARGS="--config.num_epochs=1.0"
+	$(MAKE) demo POLICY=none DEMO_WORKDIR=workdirs/demo-none ARGS="--config.num_epochs=1.0"
 	for policy in random gaussian cluster attentive; do $(MAKE) demo POLICY=$$policy; done
 	$(PY) -m tools.glip_table --out=workdirs/glip_table --tune_steps=50 \
 	    --metric=zeroshot/top1,retrieval/image_retrieval_recall@1,retrieval/text_retrieval_recall@1 \

@@ -1,6 +1,8 @@
 """Checkpoints: orbax items per part of the train state, resume, and weights-only loading."""
 
 import os
+import re
+import shutil
 
 from absl import logging
 from flax import traverse_util
@@ -46,6 +48,49 @@ class CheckpointError(Exception):
   """A checkpoint that cannot be resumed from; the message says what to do."""
 
 
+class SaveFailed(CheckpointError):
+  """Writing a checkpoint failed (disk full, no permission); the run stops at once."""
+
+
+def _finished_steps(directory: str):
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def check_writable(directory: str):
+  """Fails at start-up, naming the directory, when checkpoints cannot be written there."""
+  probe = os.path.join(directory, '.writable')
+  try:
+    os.makedirs(directory, exist_ok=True)
+    with open(probe, 'w') as f:
+      f.write('ok')
+    os.remove(probe)
+  except OSError as e:
+    raise SaveFailed(f'cannot write checkpoints to {directory} ({type(e).__name__}: '
+                     f'{e.strerror or e}); give the run a writable --workdir') from e
+
+
+def saving(manager: ocp.CheckpointManager, call, *args, **kwargs):
+  """`call` (a save, or a wait for one), with a failure of any save under way turned into
+  SaveFailed: the partial save is removed and the message names the directory, the cause
+  and the intact checkpoint to resume from."""
+  try:
+    return call(*args, **kwargs)
+  except Exception as e:  # orbax raises what the file system or tensorstore raised
+    directory = str(manager.directory)
+    partial = [name for name in os.listdir(directory) if '.orbax-checkpoint-tmp' in name]
+    for name in partial:
+      shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    os_error = re.search(r'([^:"]+) \[os_error_code=.(\d+).\]', str(e))
+    cause = (f'{os_error.group(1).strip()}, errno {os_error.group(2)}' if os_error else
+             (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+    intact = _finished_steps(directory)
+    resume = (f'step {intact[-1]} is intact: fix the cause (disk space, permissions) and run '
+              'the same command to resume from it' if intact else
+              'no checkpoint was written yet: fix the cause and start again')
+    raise SaveFailed(f'saving a checkpoint to {directory} failed ({type(e).__name__}: '
+                     f'{cause}); the partial save was removed; {resume}') from e
+
+
 def step_to_resume(manager: ocp.CheckpointManager, resume_step: int) -> int:
   """The newest step, or `resume_step` (> 0); the checkpoints after it are deleted, since
   the run goes on from there and will write those steps again."""
@@ -72,6 +117,9 @@ def restore_or_explain(manager: ocp.CheckpointManager, state: TrainState, step: 
     earlier = [s for s in sorted(manager.all_steps()) if s < step]
     advice = (f'resume from step {earlier[-1]} with --config.resume_step={earlier[-1]}'
               if earlier else 'there is no earlier one: move it away to start over')
+    if 'shape' in cause:
+      advice = ('the model of this config has other shapes than the checkpoint\'s: resume '
+                'with the config it was trained with (config.json beside it)')
     raise CheckpointError(f'checkpoint {manager.directory}/{step} cannot be restored '
                           f'({type(e).__name__}: {cause}); {advice}') from e
 
@@ -126,8 +174,13 @@ def load_pretrained_params(path: str, params):
       step_dir = latest_step_dir(path)
     except FileNotFoundError as e:
       raise FileNotFoundError(f'config.pretrain_dir: {e}') from e
-    source = traverse_util.flatten_dict(
-        ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params')), sep='/')
+    try:
+      restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params'))
+    except Exception as e:  # orbax raises what the damaged files make its readers raise
+      cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise ValueError(f'config.pretrain_dir={path!r}: {step_dir} is not a readable '
+                       f'checkpoint ({type(e).__name__}: {cause})') from e
+    source = traverse_util.flatten_dict(restored, sep='/')
   if source.keys() != target.keys():
     scanned = lambda keys: any('/blocks/' in k for k in keys)
     hint = (' (one was trained with model.scan_layers and the other without: set it as the '

@@ -1,5 +1,8 @@
 """Start-up checks of a run config: each failure names the field and what was expected."""
 
+import json
+import os
+
 import evaluators
 import masking
 import optimizer
@@ -93,3 +96,53 @@ def check(config):
     if ecfg.templates:
       eval_data.templates(ecfg.templates, f'config.evals.{name}.templates'
                           if name in config.evals else 'config.eval_templates')
+
+
+# Fields that define what a run trains: a resume may change them only when the user says so.
+TRAINED = ('model.', 'aug.', 'batch_size', 'image_size', 'laion_path', 'samples_per_epoch',
+           'seed_jax', 'seed_tf')
+# Set by the run itself (the calibrated cluster threshold), or how to resume, not a choice.
+NOT_COMPARED = ('model.model_img.masking.threshold', 'resume_step', 'resume_dir',
+                'pretrain_dir', 'accept_config_changes')
+
+
+class ConfigChanged(ValueError):
+  """A resume would change what the run trains; the message lists the changes."""
+
+
+def flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def as_json(config) -> dict:
+  return json.loads(config.to_json_best_effort(sort_keys=True))
+
+
+def changes_since(previous: dict, config) -> dict:
+  """{field: [value then, value now]} for the fields that differ."""
+  before, now = flat(previous), flat(as_json(config))
+  return {k: [before.get(k), now.get(k)] for k in sorted(before.keys() | now.keys())
+          if before.get(k) != now.get(k) and not k.startswith(NOT_COMPARED)}
+
+
+def check_resume(config, saved_config_path: str) -> dict:
+  """The changes since the config saved with the checkpoints being resumed; ConfigChanged when
+  some change what is trained and config.accept_config_changes is off."""
+  if not os.path.isfile(saved_config_path):
+    return {}
+  with open(saved_config_path) as f:
+    changes = changes_since(json.load(f), config)
+  trained = {k: v for k, v in changes.items() if k.startswith(TRAINED)}
+  if trained and not config.accept_config_changes:
+    listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in trained.items())
+    raise ConfigChanged(
+        f'the checkpoints in this workdir were trained with another config ({listed}); '
+        'start a new run in another --workdir, or resume with these changes by adding '
+        '--config.accept_config_changes=True')
+  return changes

@@ -7,6 +7,7 @@
 
 import logging as std_logging
 import os
+import re
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -19,6 +20,7 @@ from ml_collections import config_flags
 import tensorflow as tf
 
 import checkpoints
+import config_checks
 import preemption
 import train
 import workdir_lock
@@ -31,7 +33,13 @@ config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); o
 flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (one process per '
                   'host). Default: when the environment shows several hosts (a TPU pod '
                   'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).')
+flags.DEFINE_bool('traceback', False, 'Show the full traceback of an error instead of its '
+                  'one-line message.')
 flags.mark_flags_as_required(['workdir', 'config'])
+
+# What a user can cause (a config, a path, the data, the disk): one line, not a traceback.
+USER_ERRORS = (ValueError, OSError, train.NonFiniteLossError, checkpoints.CheckpointError,
+               workdir_lock.WorkdirBusy, config_checks.ConfigChanged)
 
 
 def launched_on_several_hosts(env=os.environ) -> bool:
@@ -47,17 +55,48 @@ class _QuietCheckpointing(std_logging.Filter):
   """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
 
   def filter(self, record):
-    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+    if '/orbax/' not in record.pathname:
+      return True
+    if record.levelno >= std_logging.ERROR:  # a failed save: train.py says what happened
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return record.levelno >= std_logging.WARNING
+
+
+def _unknown_field_message(error, argv) -> str:
+  """`--config.a.b=...` names a field the config lacks: say which override and what ml_collections
+  suggests instead, in one line."""
+  text = str(error.args[0] if error.args else error)
+  name = re.search(r'[A-Za-z_][A-Za-z0-9_]*', text).group(0)
+  overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
+  given = next((o for o in overrides if o.split('.')[-1] == name), f'--config...{name}')
+  suggestion = re.search(r'Did you mean \\?"([A-Za-z0-9_]+)', text)
+  hint = f'; did you mean {suggestion.group(1)}?' if suggestion else ''
+  return (f'{given}: the config has no field {name}{hint} (configs/default.py lists every '
+          'field)')
 
 
 def parse_flags(argv):
-  """absl's parser, with a one-line refusal of --config.FIELD overrides the config lacks."""
+  """absl's parser, with one-line refusals of unknown flags, unknown config fields, values
+  of the wrong type and a missing --workdir or --config."""
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    overrides = ' '.join(a.split('=')[0] for a in argv[1:] if a.startswith('--config.'))
-    sys.exit(f'FATAL Flags parsing error: unknown config field {e} (overrides given: '
-             f'{overrides}); configs/default.py lists every field')
+    sys.exit(f'error: {_unknown_field_message(e, argv)}')
+  except flags.Error as e:
+    message = str(e).splitlines()[0]
+    for required in ('workdir', 'config'):
+      if f'--{required}=None' in message:
+        message = f'--{required} is required: {FLAGS[required].help}'
+    sys.exit(f'error: {message} (python main.py --help lists the flags)')
+
+
+def _exit_with(message: str, status: int = 1):
+  """Prints the one line a user reads, then ends the process without running the background
+  threads' shutdown (orbax and tensorstore would print tracebacks as the interpreter goes)."""
+  logging.flush()
+  print(message, file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(status)  # pylint: disable=protected-access
 
 
 def main(argv):
@@ -82,14 +121,15 @@ def main(argv):
                jax.default_backend())
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  except (train.NonFiniteLossError, checkpoints.CheckpointError,
-          workdir_lock.WorkdirBusy) as e:
-    sys.exit(f'error: {e}')
   except preemption.Preempted as e:
     # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
-    print(e, file=sys.stderr)
-    sys.exit(e.exit_status)
-
+    _exit_with(str(e), e.exit_status)
+  except KeyboardInterrupt:
+    _exit_with('interrupted (Ctrl-C) before training began; nothing was saved', 130)
+  except USER_ERRORS as e:
+    if FLAGS.traceback:
+      raise
+    _exit_with(f'error: {e} (--traceback shows where it was raised)')
 
 if __name__ == '__main__':
   jax.config.config_with_absl()

@@ -52,12 +52,24 @@ class JsonlWriter(interface.MetricWriter):
     self._file.close()
 
 
+class RunWriter(metric_writers.MultiWriter):
+  """Logs, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config."""
+
+  def __init__(self, workdir: str):
+    self.tensorboard = metric_writers.SummaryWriter(workdir)
+    super().__init__([metric_writers.LoggingWriter(), self.tensorboard,
+                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])
+
+  def write_config(self, step: int, config_json: str, flat: dict):
+    """The config as text (the whole file) and as hparams (the fields, for comparing runs)."""
+    self.tensorboard.write_texts(step, {'config': f'```\n{config_json}\n```'})
+    self.tensorboard.write_hparams({k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                                    for k, v in flat.items()})
+
+
 def create_writer(workdir: str) -> interface.MetricWriter:
   """Process 0 writes TensorBoard events, logs and metrics.jsonl; other hosts only log."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
   os.makedirs(workdir, exist_ok=True)
-  return metric_writers.MultiWriter([
-      metric_writers.create_default_writer(workdir, asynchronous=False),
-      JsonlWriter(os.path.join(workdir, 'metrics.jsonl')),
-  ])
+  return RunWriter(workdir)

@@ -1,6 +1,7 @@
 """The training loop: data, steps, logs, evaluations, checkpoints, and a stop on NaN."""
 
 import itertools
+import json
 import os
 import time
 from typing import Any, Dict
@@ -92,35 +93,61 @@ def input_position(run_state) -> int:
 def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
   """Runs training (or `eval_only`); returns the last metrics written."""
   config_checks.check(config)
+  shards = None
+  if not config.eval_only:  # the training data is checked before anything is written
+    shards = laion.list_shards(config.laion_path)
+    laion.check_readable(config, shards, jax.process_index(), jax.process_count())
   with workdir_lock.held(workdir):
-    return _run(config, workdir)
+    return _run(config, workdir, shards)
 
 
-def _run(config, workdir: str) -> Dict[str, Any]:
-  save_config(config, workdir)
+def _saved_config_of(checkpoint_dir: str) -> str:
+  """Where the config of the run that wrote `checkpoint_dir` was saved."""
+  checkpoint_dir = os.path.abspath(checkpoint_dir)
+  return os.path.join(os.path.dirname(checkpoint_dir) if os.path.basename(checkpoint_dir) ==
+                      'checkpoints' else checkpoint_dir, 'config.json')
+
+
+def record_config_changes(config, workdir: str, resume_from, step: int):
+  """Refuses (config_checks.ConfigChanged) or logs and records how the config differs from
+  the one the resumed checkpoints were trained with."""
+  changes = config_checks.check_resume(config, _saved_config_of(str(resume_from.directory)))
+  if not changes or jax.process_index() > 0:
+    return
+  logging.warning('Resuming at step %d with config changes: %s', step, '; '.join(
+      f'{k}: {a!r} -> {b!r}' for k, (a, b) in changes.items()))
+  with open(os.path.join(workdir, 'config_changes.jsonl'), 'a') as f:
+    f.write(json.dumps({'step': step, 'time': time.strftime('%Y-%m-%d %H:%M:%S'),
+                        'changes': changes}) + '\n')
+
+
+def _run(config, workdir: str, shards) -> Dict[str, Any]:
   mesh = partitioning.make_mesh(config)
   partitioning.check_divisibility(config, mesh)
   model = clip.from_config(config)
   tokenizer = tokenizer_lib.from_config(config)
   policy = masking.get_policy(config, train=True)
-  writer = metrics_writer.create_writer(workdir)
   rng = jax.random.PRNGKey(config.seed_jax)
   init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
 
   objective = train_step.objective_of(config, policy)
-  evaluations = evaluators.build(config, model, mesh, tokenizer)
-  state = train_step.create_train_state(config, model, init_rng, mesh, objective)
-  manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
-  resume_from = manager
+  evaluations = evaluators.build(config, model, mesh, tokenizer)  # checks the evaluation data
   if config.resume_dir and flip_weights.find_step_dir(os.path.abspath(config.resume_dir)):
     raise ValueError(f'config.resume_dir={config.resume_dir!r} is a FLIP (t5x) checkpoint, '
                      'whose optimiser state does not map onto this one; start from its '
                      'weights with config.pretrain_dir instead')
+  checkpoints.check_writable(os.path.join(workdir, 'checkpoints'))
+  manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
+  resume_from = manager
   if config.resume_dir and manager.latest_step() is None:
     resume_from = checkpoints.checkpoint_manager(os.path.join(config.resume_dir, 'checkpoints')
                                      if os.path.isdir(os.path.join(config.resume_dir,
                                                                    'checkpoints'))
                                      else config.resume_dir, config)
+  if resume_from.latest_step() is not None and not config.eval_only:
+    record_config_changes(config, workdir, resume_from, resume_from.latest_step())
+  writer = metrics_writer.create_writer(workdir)
+  state = train_step.create_train_state(config, model, init_rng, mesh, objective)
   run_state = None
   if resume_from.latest_step() is not None:
     step = checkpoints.step_to_resume(resume_from, config.resume_step)
@@ -136,6 +163,10 @@ def _run(config, workdir: str) -> Dict[str, Any]:
     state = state.replace(params=params, ema_params=(
         jax.tree.map(jnp.copy, train_step.teacher_part(params)) if objective.use_teacher else None))
   start_step = int(state.step)
+  save_config(config, workdir)  # once restored: the config the checkpoints go on with
+  if isinstance(writer, metrics_writer.RunWriter):
+    writer.write_config(start_step, config.to_json_best_effort(indent=2, sort_keys=True),
+                        config_checks.flat(config_checks.as_json(config)))
 
   periods = optimizer.steps_of(config)
   total_steps = periods['total']
@@ -181,8 +212,6 @@ def _run(config, workdir: str) -> Dict[str, Any]:
     final_table()
     return results
 
-  shards = laion.list_shards(config.laion_path)
-  laion.check_readable(config, shards, jax.process_index(), jax.process_count())
   position = input_position(run_state)
   dataset = laion.train_dataset(
       config, tokenizer, shards, process_index=jax.process_index(),
@@ -242,7 +271,7 @@ def _run(config, workdir: str) -> Dict[str, Any]:
                  else None)
     started = time.time()
     with progress.timed('checkpoint'):
-      checkpoints.save_checkpoint(manager, state, {
+      checkpoints.saving(manager, checkpoints.save_checkpoint, manager, state, {
           'input_positions': [int(p) for p in np.ravel(positions)],
           'cluster_threshold': threshold})
     logging.info('Checkpoint %d: training waited %.2f s (the write goes on in the background)',
@@ -260,7 +289,13 @@ def _run(config, workdir: str) -> Dict[str, Any]:
           batch = partitioning.global_batch(mesh, local_batch)
           state, metrics = step_fn(state, batch, train_rng)
         pending.append(metrics)
-        window_steps += 1
+        checkpoints.saving(manager, manager.check_for_errors)  # a failed save stops the run
+        if step == start_step + 1:
+          # The first step compiles: throughput and input wait count the steps after it.
+          jax.block_until_ready(metrics)
+          window_start, window_steps, input_wait = time.time(), 0, 0.0
+        else:
+          window_steps += 1
         progress(step)
         is_last = step == total_steps
         if every(config.log_every_steps, step) or is_last:
@@ -268,14 +303,17 @@ def _run(config, workdir: str) -> Dict[str, Any]:
           summary = _summarize(pending)
           pending.clear()
           elapsed = max(time.time() - window_start, 1e-9)
-          summary['images_per_sec'] = window_steps * config.batch_size / elapsed
-          # Time blocked on the next batch: near 0 when the input pipeline keeps up.
-          summary['input_wait_fraction'] = min(input_wait / elapsed, 1.0)
+          speed = ''
+          if window_steps:  # else the window held only the compiling first step
+            summary['images_per_sec'] = window_steps * config.batch_size / elapsed
+            # Time blocked on the next batch: near 0 when the input pipeline keeps up.
+            summary['input_wait_fraction'] = min(input_wait / elapsed, 1.0)
+            speed = ' | %.0f images/s | input wait %.0f%% | ETA %s' % (
+                summary['images_per_sec'], 100 * summary['input_wait_fraction'],
+                _format_seconds((total_steps - step) * elapsed / window_steps))
           writer.write_scalars(step, summary)
-          eta = (total_steps - step) * elapsed / max(window_steps, 1)
-          logging.info('step %d/%d | loss %.4f | %.0f images/s | input wait %.0f%% | ETA %s',
-                       step, total_steps, summary['train_loss'], summary['images_per_sec'],
-                       100 * summary['input_wait_fraction'], _format_seconds(eta))
+          logging.info('step %d/%d | loss %.4f%s', step, total_steps, summary['train_loss'],
+                       speed)
           results.update(summary)
           window_start, window_steps, input_wait = time.time(), 0, 0.0
         if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
@@ -283,7 +321,7 @@ def _run(config, workdir: str) -> Dict[str, Any]:
         if notice.reached(step):
           if last_saved != step:
             last_saved = save(step)
-          manager.wait_until_finished()
+          checkpoints.saving(manager, manager.wait_until_finished)
           stopped = preemption.Preempted(notice.signum, step, manager.directory)
           logging.warning('%s', stopped)
           raise stopped
@@ -295,8 +333,15 @@ def _run(config, workdir: str) -> Dict[str, Any]:
         if every(periods['pictures'], step) or is_last:
           writer.write_images(step, {'masked_examples': pictures.example_grid(
               model, policy, state, examples, eval_rng, mesh)[None]})
+    except BaseException:
+      try:  # finish the saves under way; the error that stopped the loop is the one to tell
+        manager.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except
+        pass
+      raise
+    else:
+      checkpoints.saving(manager, manager.wait_until_finished)
     finally:
-      manager.wait_until_finished()  # whatever stopped the loop, finish the saves under way
       writer.flush()
   final_table()
   logging.info('Done: steps %d..%d in %s, final loss %s. Logs and metrics.jsonl in %s; '

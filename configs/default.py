@@ -147,6 +147,11 @@ def get_config():
   config.resume_step = 0
   # Resume from another run's checkpoints instead of the workdir's own (empty: none).
   config.resume_dir = ''
+  # A resume whose config changes what is trained (model.*, aug.*, batch_size, image_size,
+  # laion_path, samples_per_epoch, the seeds) is refused with the list of changes unless
+  # this is True; other changes (steps, schedule, evaluations, logging) are logged and
+  # recorded in WORKDIR/config_changes.jsonl either way.
+  config.accept_config_changes = False
 
   # --- Partitioning -------------------------------------------------------
   config.partitioning = ml_collections.ConfigDict()

@@ -34,11 +34,14 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   rows = metrics_rows(workdir)
   train_rows = [r for r in rows if 'train_loss' in r]
   assert [r['step'] for r in train_rows] == [1, 2, 3, 4]
+  # The first step compiles: throughput is measured from the steps after it.
+  assert 'images_per_sec' not in train_rows[0] and 'input_wait_fraction' not in train_rows[0]
   for row in train_rows:
     assert row['kept_patches'] == 8.0 and row['skipped_records'] == 0
-    assert row['images_per_sec'] > 0 and 0 < row['temperature'] < 1
+    assert 0 < row['temperature'] < 1
     assert np.isfinite(row['train_loss']) and row['learning_rate'] >= 0
-    assert 0 <= row['input_wait_fraction'] <= 1
+  for row in train_rows[1:]:
+    assert row['images_per_sec'] > 0 and 0 <= row['input_wait_fraction'] <= 1
   final = [r for r in rows if 'zeroshot/top1' in r]
   assert [r['step'] for r in final] == [4]
   assert 0 <= final[0]['zeroshot/top1'] <= final[0]['zeroshot/top5'] <= 1

@@ -1,0 +1,119 @@
+"""What a user can get wrong ends in one clear line, before anything is lost or written."""
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import time
+
+import pytest
+
+import checkpoints
+import config_checks
+import train
+from tests.conftest import ROOT, main_command, metrics_rows, micro_config
+
+
+def _last_line(completed):
+  return completed.stderr.strip().splitlines()[-1]
+
+
+def test_flag_mistakes_end_in_one_line(tmp_path, demo_dir):
+  misspelled = subprocess.run(main_command(tmp_path / 'run', demo_dir,
+                                           '--config.model.model_img.mask_ration=0.5'),
+                              cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert misspelled.returncode == 1
+  assert _last_line(misspelled) == (
+      'error: --config.model.model_img.mask_ration: the config has no field mask_ration; '
+      'did you mean mask_ratio? (configs/default.py lists every field)')
+  no_workdir = [a for a in main_command(tmp_path / 'run', demo_dir)
+                if not a.startswith('--workdir')]
+  missing = subprocess.run(no_workdir, cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert missing.returncode == 1 and _last_line(missing).startswith('error: --workdir is required')
+  assert 'Traceback' not in misspelled.stderr + missing.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_ctrl_c_during_start_up_ends_in_one_line(tmp_path, demo_dir):
+  run = subprocess.Popen(main_command(tmp_path / 'run', demo_dir), cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  try:
+    deadline = time.time() + 120
+    for line in run.stderr:  # the first line main.py logs, once JAX is up
+      if 'JAX process' in line:
+        break
+      assert time.time() < deadline
+    run.send_signal(signal.SIGINT)
+    rest = run.stderr.read()
+    assert run.wait(timeout=60) == 130
+  finally:
+    run.kill()
+  assert rest.strip().splitlines()[-1] == (
+      'interrupted (Ctrl-C) before training began; nothing was saved')
+  assert 'Traceback' not in rest
+
+
+def test_bad_data_path_is_refused_before_anything_is_written(tmp_path, demo_dir):
+  workdir = tmp_path / 'run'
+  with pytest.raises(FileNotFoundError, match='config.laion_path=.*nothing matches'):
+    train.train_and_evaluate(micro_config(demo_dir, laion_path=str(tmp_path / 'nowhere')),
+                             str(workdir))
+  assert not os.path.exists(workdir)
+
+
+def test_garbage_pretrain_dir_names_the_field_and_the_folder(tmp_path, demo_dir):
+  garbage = tmp_path / 'garbage' / 'checkpoints' / '5'
+  (garbage / 'params').mkdir(parents=True)
+  for name in ('_CHECKPOINT_METADATA', 'params/_METADATA', 'params/_sharding'):
+    (garbage / name).write_text('junk')
+  with pytest.raises(ValueError, match=r"config.pretrain_dir='.*garbage'.*checkpoints/5 is "
+                     'not a readable checkpoint'):
+    train.train_and_evaluate(micro_config(demo_dir, total_steps=1, eval_at_end=False,
+                                          pretrain_dir=str(tmp_path / 'garbage')),
+                             str(tmp_path / 'run'))
+
+
+def test_resume_refuses_a_config_that_trains_something_else_and_records_other_changes(
+    tmp_path, demo_dir):
+  workdir = str(tmp_path / 'run')
+  config = lambda steps, **kw: micro_config(demo_dir, total_steps=steps, eval_at_end=False,
+                                             **kw)
+  train.train_and_evaluate(config(1), workdir)
+  wider = config(2, **{'model.model_img.hidden_size': 48, 'batch_size': 16})
+  with pytest.raises(config_checks.ConfigChanged,
+                     match=r'batch_size: 8 -> 16; model.model_img.hidden_size: 32 -> 48.*'
+                     '--config.accept_config_changes=True'):
+    train.train_and_evaluate(wider, workdir)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
+  with open(os.path.join(workdir, 'config.json')) as f:
+    assert json.load(f)['batch_size'] == 8  # still the config the checkpoints hold
+  train.train_and_evaluate(config(2, learning_rate=1e-3), workdir)  # allowed, recorded
+  with open(os.path.join(workdir, 'config_changes.jsonl')) as f:
+    recorded = [json.loads(line) for line in f]
+  assert recorded[-1]['step'] == 1
+  assert recorded[-1]['changes']['learning_rate'][1] == 1e-3
+  assert recorded[-1]['changes']['total_steps'] == [1, 2]
+  assert [r['step'] for r in metrics_rows(workdir) if 'train_loss' in r] == [1, 2]
+
+
+def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path, demo_dir):
+  workdir = str(tmp_path / 'run')
+  config = lambda steps: micro_config(demo_dir, total_steps=steps, eval_at_end=False,
+                                      checkpoint_every_steps=1)
+  train.train_and_evaluate(config(1), workdir)
+  # A disk that fills up: no file may grow past 200 kB (a checkpoint's weights are larger).
+  soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+  previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+  resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, hard))
+  try:
+    with pytest.raises(checkpoints.SaveFailed,
+                       match=r'saving a checkpoint to .*checkpoints failed \(.*File too large.*'
+                       'the partial save was removed; step 1 is intact'):
+      train.train_and_evaluate(config(4), workdir)
+  finally:
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    signal.signal(signal.SIGXFSZ, previous)
+  assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
+  train.train_and_evaluate(config(2), workdir)  # the same command, once there is room
+  assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '2']
