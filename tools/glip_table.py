@@ -36,10 +36,10 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def training_speed(workdir: str) -> float:
-  """Median images/s of the run's logged windows, the first (compilation) left out."""
+  """Median images/s of the run's logged windows (which leave out the compiling step)."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     rows = [json.loads(line) for line in f]
-  speeds = [r['images_per_sec'] for r in rows if 'images_per_sec' in r][1:]
+  speeds = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
   return float(np.median(speeds)) if speeds else float('nan')
 
 
