@@ -6,6 +6,7 @@ antialiasing), drawn from stateless random numbers so that the same seed gives t
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 # ImageNet statistics, as FLIP normalises its inputs.
@@ -38,8 +39,8 @@ def random_window(shape, seed, area_range, aspect_ratio_range, size, attempts=10
   ([top, left, height, width], flip). The window is the first of 10 draws of area and
   log-uniform aspect ratio that fits the image, at a uniform offset; else the centre crop.
 
-  Every draw comes from one stateless call, and the fallback is a select rather than a
-  tf.cond: per example, each op costs as much as decoding a small JPEG.
+  Every draw comes from one stateless call and the fallback is a select: per example, each
+  small op adds a cost that, at 64 pixels, rivals the decode.
   """
   draws = tf.random.stateless_uniform([2 * attempts + 3], seed)
   height, width = shape[0], shape[1]
@@ -66,14 +67,20 @@ def crop_and_resize(image, window, size):
   return tf.image.resize(image, [size, size], method='bicubic')
 
 
-def finish(image, flip):
-  """Clip to [0, 255], flip if `flip`, normalise, in four passes over the pixels."""
+def finish(image, flip=None):
+  """Clip to [0, 255], flip if `flip` (a boolean tensor) is set, normalise.
+
+  The statistics are full-size constants: a multiply that broadcasts over the last axis of 3
+  costs, per example, several times the decode of a 64-pixel JPEG.
+  """
+  size = image.shape[:2]
   image = tf.clip_by_value(image, 0.0, 255.0)
-  width = tf.shape(image)[1]
-  image = tf.gather(image, tf.where(flip, tf.range(width - 1, -1, -1), tf.range(width)),
-                    axis=1)
-  return image * (1 / (255 * tf.constant(STDDEV_RGB))) - (tf.constant(MEAN_RGB) /
-                                                          tf.constant(STDDEV_RGB))
+  if flip is not None:
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+  stddev = 255 * np.asarray(STDDEV_RGB, np.float32)
+  scale = np.broadcast_to(1 / stddev, (*size, 3))
+  offset = np.broadcast_to(255 * np.asarray(MEAN_RGB, np.float32) / stddev, (*size, 3))
+  return image * tf.constant(scale) - tf.constant(offset)
 
 
 def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
@@ -88,16 +95,15 @@ def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
     window, coin = random_window(shape, seed, area_range, aspect_ratio_range, size)
   else:
     window, coin = centre_window(shape, size, 0), tf.random.stateless_uniform([], seed) < 0.5
-  image = finish(crop_and_resize(image, window, size), tf.logical_and(coin, flip))
+  image = crop_and_resize(image, window, size)
   image.set_shape([size, size, 3])
-  return image
+  return finish(image, coin if flip else None)
 
 
 def eval_image(image_bytes, size, pad=0):
   """The centre square of size / (size + pad) of the shorter side, resized to size x size
   (FLIP's `aug.eval_pad`): float32 [size, size, 3]."""
   image = decode(image_bytes)
-  image = finish(crop_and_resize(image, centre_window(tf.shape(image), size, pad), size),
-                 False)
+  image = crop_and_resize(image, centre_window(tf.shape(image), size, pad), size)
   image.set_shape([size, size, 3])
-  return image
+  return finish(image)
