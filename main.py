@@ -63,8 +63,8 @@ class _QuietCheckpointing(std_logging.Filter):
 
 
 def _unknown_field_message(error, argv) -> str:
-  """`--config.a.b=...` names a field the config lacks: say which override and what ml_collections
-  suggests instead, in one line."""
+  """One line for an override of a field the config lacks: which override, and what
+  ml_collections suggests instead."""
   text = str(error.args[0] if error.args else error)
   name = re.search(r'[A-Za-z_][A-Za-z0-9_]*', text).group(0)
   overrides = [a.split('=')[0] for a in argv[1:] if a.startswith('--config.')]
