@@ -52,6 +52,11 @@ class SaveFailed(CheckpointError):
   """Writing a checkpoint failed (disk full, no permission); the run stops at once."""
 
 
+def _first_line(error: Exception, limit: int = 300) -> str:
+  """The first line of an error from orbax or tensorstore, whose messages run to pages."""
+  return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
+
+
 def _finished_steps(directory: str):
   return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
 
@@ -82,7 +87,7 @@ def saving(manager: ocp.CheckpointManager, call, *args, **kwargs):
       shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
     os_error = re.search(r'([^:"]+) \[os_error_code=.(\d+).\]', str(e))
     cause = (f'{os_error.group(1).strip()}, errno {os_error.group(2)}' if os_error else
-             (str(e).strip().splitlines() or [type(e).__name__])[0][:300])
+             _first_line(e))
     intact = _finished_steps(directory)
     resume = (f'step {intact[-1]} is intact: fix the cause (disk space, permissions) and run '
               'the same command to resume from it' if intact else
@@ -113,7 +118,7 @@ def restore_or_explain(manager: ocp.CheckpointManager, state: TrainState, step: 
   try:
     return restore_checkpoint(manager, state, step), restore_run_state(manager, step)
   except Exception as e:  # orbax and tensorstore raise many kinds for a damaged checkpoint
-    cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    cause = _first_line(e)
     earlier = [s for s in sorted(manager.all_steps()) if s < step]
     advice = (f'resume from step {earlier[-1]} with --config.resume_step={earlier[-1]}'
               if earlier else 'there is no earlier one: move it away to start over')
@@ -177,7 +182,7 @@ def load_pretrained_params(path: str, params):
     try:
       restored = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params'))
     except Exception as e:  # orbax raises what the damaged files make its readers raise
-      cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      cause = _first_line(e, 200)
       raise ValueError(f'config.pretrain_dir={path!r}: {step_dir} is not a readable '
                        f'checkpoint ({type(e).__name__}: {cause})') from e
     source = traverse_util.flatten_dict(restored, sep='/')
