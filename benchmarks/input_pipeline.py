@@ -9,8 +9,10 @@ Both read the same shard files on the same cores: the config's laion_path, or, w
 images). The full pipeline is what training runs (read, shuffle, decode, crop, resize, flip,
 normalise, tokenize, batch) with the deterministic interleave that reproducible runs need,
 and without it; the bare loop only decodes and resizes, with the pipeline's resize kernel
-(bicubic), as parallel as tf.data makes it. Prints one JSON object as its last line, with
-the images/s of each and the ratio full / bare (target: >= 0.9).
+(bicubic), as parallel as tf.data makes it. The pipelines take turns over --rounds rounds,
+each on a fresh iterator, so that a slow spell of a shared machine falls on all of them; the
+medians are reported. Prints one JSON object as its last line, with the images/s of each and
+the ratio full / bare (target: >= 0.9).
 """
 
 import json
@@ -32,7 +34,9 @@ from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
-flags.DEFINE_integer('batches', 60, 'Timed batches per pipeline (after 5 warm-up batches).')
+flags.DEFINE_integer('batches', 60, 'Timed batches per pipeline and round (after 5 warm-up '
+                     'batches).')
+flags.DEFINE_integer('rounds', 3, 'Rounds in which each pipeline is timed in turn.')
 flags.DEFINE_integer('source_pixels', 0, 'If set, read temporary shards of images of this '
                      'side instead of the config\'s laion_path.')
 flags.DEFINE_integer('source_images', 2048, 'Images in the temporary shards.')
@@ -82,13 +86,20 @@ def measure(config):
   result = {'config_batch_size': batch, 'image_size': config.image_size,
             'source_pixels': FLAGS.source_pixels or None, 'cores': os.cpu_count(),
             'files': len(shards.files)}
-  result['bare_images_per_sec'] = images_per_second(
-      bare_loop(shards.files, shards.format, config.image_size, batch), batch, FLAGS.batches)
-  for name, deterministic in (('full', True), ('full_nondeterministic', False)):
-    dataset = laion.train_dataset(config, tokenizer, shards, seed=0,
-                                  deterministic=deterministic)
-    result[f'{name}_images_per_sec'] = images_per_second(dataset, batch, FLAGS.batches)
+  pipelines = {
+      'bare': lambda: bare_loop(shards.files, shards.format, config.image_size, batch),
+      'full': lambda: laion.train_dataset(config, tokenizer, shards, seed=0),
+      'full_nondeterministic': lambda: laion.train_dataset(config, tokenizer, shards, seed=0,
+                                                           deterministic=False)}
+  rounds = {name: [] for name in pipelines}
+  for _ in range(FLAGS.rounds):
+    for name, build in pipelines.items():
+      rounds[name].append(images_per_second(build(), batch, FLAGS.batches))
+  for name, values in rounds.items():
+    result[f'{name}_images_per_sec'] = float(np.median(values))
   result['ratio_full_to_bare'] = result['full_images_per_sec'] / result['bare_images_per_sec']
+  result['ratio_full_to_bare_per_round'] = [
+      round(full / bare, 3) for full, bare in zip(rounds['full'], rounds['bare'])]
   result['ratio_deterministic_to_not'] = (result['full_images_per_sec'] /
                                           result['full_nondeterministic_images_per_sec'])
   result['full_images_per_sec_per_core'] = result['full_images_per_sec'] / os.cpu_count()

@@ -95,19 +95,56 @@ def _tar_samples(path):
     yield b'', b''  # counted as one skipped record
 
 
+# Stands for the end of a TFRecord file. A serialized tf.train.Example never starts with a
+# zero byte (field number 0 is invalid), so no readable record is taken for it; an unreadable
+# one that is, is counted as skipped all the same.
+_END_OF_FILE = b'\x00end of file'
+_TFRECORD_FRAMING = 16  # bytes around each record: length, its CRC and the data's CRC
+
+
+def _file_size(path):
+  """The bytes a complete read of an uncompressed TFRecord file consumes; -1 when that
+  cannot be known (gzip), which turns the check off."""
+  path = np.asarray(path).item().decode()
+  return np.int64(-1 if path.endswith('.gz') else tf.io.gfile.stat(path).length)
+
+
+def _tfrecords_counting_truncation(path):
+  """The file's records; when it ends early (truncated, or a damaged record that stops the
+  reader), one record that cannot be parsed follows them, so that the rest of the file is
+  counted as one skipped record instead of vanishing without trace."""
+  compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
+  size = tf.numpy_function(_file_size, [path], tf.int64, stateful=False)
+  records = tf.data.TFRecordDataset(path, compression_type=compression)
+  records = records.ignore_errors(log_warning=True).concatenate(
+      tf.data.Dataset.from_tensors(tf.constant(_END_OF_FILE)))
+
+  def consume(read, record):
+    keep = tf.not_equal(record, _END_OF_FILE) | ((size >= 0) & (read < size))
+    return read + tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_FRAMING, (record,
+                                                                                     keep)
+
+  def kept(record, keep):
+    del record
+    return keep
+
+  def example(record, keep):
+    del keep
+    return {'record': record}
+
+  records = records.scan(tf.constant(0, tf.int64), consume)
+  return records.filter(kept).map(example)
+
+
 def _read_file(shard_format):
   if shard_format == TFRECORD:
-    def read(path):
-      compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
-      records = tf.data.TFRecordDataset(path, compression_type=compression)
-      # A truncated file ends its own stream instead of the whole run.
-      return records.ignore_errors(log_warning=True).map(lambda r: {'record': r})
-  else:
-    def read(path):
-      return tf.data.Dataset.from_generator(
-          _tar_samples, args=(path,),
-          output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))
-      ).map(lambda image, text: {'jpg': image, 'txt': text})
+    return _tfrecords_counting_truncation
+
+  def read(path):
+    return tf.data.Dataset.from_generator(
+        _tar_samples, args=(path,),
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))
+    ).map(lambda image, text: {'jpg': image, 'txt': text})
   return read
 
 

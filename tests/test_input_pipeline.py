@@ -73,6 +73,21 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
   assert all(np.isfinite(b['image']).all() for b in batches)
 
 
+def test_a_truncated_tfrecord_shard_counts_its_lost_tail_as_a_skipped_record(
+    tmp_path, demo_dir, tokenizer):
+  folder = tmp_path / 'truncated'
+  folder.mkdir()
+  for name, pairs in (('00000', _pairs(10)), ('00001', _pairs(8, seed=1))):
+    with tf.io.TFRecordWriter(str(folder / f'{name}.tfrecord')) as writer:
+      for key, jpg, txt in pairs:
+        writer.write(demo_data._tf_example(key, jpg, txt, MICRO_IMAGE))  # pylint: disable=protected-access
+  damaged = folder / '00001.tfrecord'
+  damaged.write_bytes(damaged.read_bytes()[:-100])  # the copy stopped inside the last record
+  config = micro_config(demo_dir, laion_path=str(folder), batch_size=17, shuffle_buffer=1)
+  _, (batch,) = _batches(config, tokenizer, 1)  # the 10 + 7 whole records of the first pass
+  assert int(batch['skipped'].sum()) == 1 and np.isfinite(batch['image']).all()
+
+
 def test_corrupt_webdataset_samples_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
   folder = tmp_path / 'tar'
   folder.mkdir()
