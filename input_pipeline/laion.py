@@ -114,26 +114,20 @@ def _tfrecords_counting_truncation(path):
   reader), one record that cannot be parsed follows them, so that the rest of the file is
   counted as one skipped record instead of vanishing without trace."""
   compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
-  size = tf.numpy_function(_file_size, [path], tf.int64, stateful=False)
+  size = tf.ensure_shape(tf.numpy_function(_file_size, [path], tf.int64, stateful=False), [])
   records = tf.data.TFRecordDataset(path, compression_type=compression)
   records = records.ignore_errors(log_warning=True).concatenate(
       tf.data.Dataset.from_tensors(tf.constant(_END_OF_FILE)))
 
-  def consume(read, record):
-    keep = tf.not_equal(record, _END_OF_FILE) | ((size >= 0) & (read < size))
-    return read + tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_FRAMING, (record,
-                                                                                     keep)
+  def consume(read, chunk):
+    ends = read + tf.cumsum(tf.cast(tf.strings.length(chunk), tf.int64) + _TFRECORD_FRAMING)
+    starts = tf.concat([[read], ends[:-1]], 0)
+    keep = tf.not_equal(chunk, _END_OF_FILE) | ((size >= 0) & (starts < size))
+    return ends[-1], {'record': tf.boolean_mask(chunk, keep)}
 
-  def kept(record, keep):
-    del record
-    return keep
-
-  def example(record, keep):
-    del keep
-    return {'record': record}
-
-  records = records.scan(tf.constant(0, tf.int64), consume)
-  return records.filter(kept).map(example)
+  # The bytes are summed a chunk at a time: a scan over single records costs about a tenth
+  # of the pipeline's throughput on small images.
+  return records.batch(256).scan(tf.constant(0, tf.int64), consume).unbatch()
 
 
 def _read_file(shard_format):
@@ -210,10 +204,12 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
                                 aug.crop_ver)
     return {'index': index, 'image': image, 'text': text}
 
-  def count_skipped(expected_index, example):
-    skipped = example.pop('index') - expected_index
-    position = expected_index + skipped + 1
-    return position, dict(example, skipped=tf.cast(skipped, tf.int32), position=position)
+  def count_skipped(next_index, batch):
+    # The gaps that ignore_errors leaves in `index` are the skipped records.
+    index = batch.pop('index')
+    position = index + 1
+    skipped = index - tf.concat([[next_index], position[:-1]], 0)
+    return position[-1], dict(batch, skipped=tf.cast(skipped, tf.int32), position=position)
 
   ds = tf.data.Dataset.from_tensor_slices(files)
   ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
@@ -226,8 +222,9 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
   # Order-preserving map, so that the gaps ignore_errors leaves in `index` are the skips.
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.ignore_errors()
-  ds = ds.scan(tf.constant(start_position, tf.int64), count_skipped)
   ds = ds.batch(local_batch, drop_remainder=True)
+  # A batch at a time: a scan over single examples costs more than the decode of a small image.
+  ds = ds.scan(tf.constant(start_position, tf.int64), count_skipped)
   # A batch at a time: WordPiece over one string per call costs more than the decode.
   ds = ds.map(lambda b: dict(b, tokens=tokenizer(b.pop('text'))),
               num_parallel_calls=tf.data.AUTOTUNE)
