@@ -99,10 +99,7 @@ def _exit_with(message: str, status: int = 1):
   os._exit(status)  # pylint: disable=protected-access
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietCheckpointing())
+def _start_and_train():
   distributed = FLAGS.distributed
   if distributed is None:
     distributed = launched_on_several_hosts()
@@ -119,8 +116,16 @@ def main(argv):
   logging.info('JAX process %d/%d, %d local of %d devices (%s)', jax.process_index(),
                jax.process_count(), jax.local_device_count(), jax.device_count(),
                jax.default_backend())
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
+  # From here on, a Ctrl-C at any point ends in the one line below, never a traceback.
   try:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    _start_and_train()
   except preemption.Preempted as e:
     # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
     _exit_with(str(e), e.exit_status)
@@ -130,6 +135,7 @@ def main(argv):
     if FLAGS.traceback:
       raise
     _exit_with(f'error: {e} (--traceback shows where it was raised)')
+
 
 if __name__ == '__main__':
   jax.config.config_with_absl()
