@@ -14,6 +14,11 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='jax-compilation-cache-')
   atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+# Compilation dominates the tests' time and LLVM's optimisations of the CPU code most of it:
+# without them the micro model compiles in about half the time and computes the same
+# functions (the runs users make keep the default).
+os.environ['XLA_FLAGS'] = ' '.join(
+    [os.environ.get('XLA_FLAGS', ''), '--xla_backend_optimization_level=0']).strip()
 
 import pytest  # pylint: disable=g-import-not-at-top
 
@@ -32,6 +37,12 @@ def demo_dir(tmp_path_factory):
                      image_size=MICRO_IMAGE, seed=0, formats=('tfrecord', 'tar'),
                      num_retrieval=24)
   return out
+
+
+def cpu_devices(count, **env):
+  """The environment of a process that sees `count` simulated CPU devices."""
+  return dict(os.environ, JAX_PLATFORMS='cpu', **env, XLA_FLAGS=(
+      f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"))
 
 
 def micro_config(demo_dir, **overrides):

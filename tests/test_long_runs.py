@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, main_command, metrics_rows
+from tests.conftest import ROOT, cpu_devices, main_command, metrics_rows
 
 
 def _losses(workdir):
@@ -83,8 +83,7 @@ def test_main_on_8_devices_trains_the_one_device_losses(tmp_path, demo_dir, unin
   """Data parallel over 4 devices, each parameter split over them (FSDP) and over 2 more
   (tensor parallel): the same per-step losses as one device, to float rounding."""
   workdir = tmp_path / 'mesh'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = cpu_devices(8)
   done = subprocess.run(main_command(workdir, demo_dir, *FLAGS,
                                      '--config.partitioning.strategy=fsdp',
                                      '--config.partitioning.num_partitions=2'),

@@ -9,7 +9,7 @@ import os
 import socket
 import subprocess
 
-from tests.conftest import ROOT, main_command, metrics_rows
+from tests.conftest import ROOT, cpu_devices, main_command, metrics_rows
 
 
 def _free_port():
@@ -22,9 +22,8 @@ def _launch(workdir, demo_dir, *overrides, processes=2, devices_per_process=2):
   port = _free_port()
   runs = []
   for index in range(processes):
-    env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
-               JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index),
-               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
+    env = cpu_devices(devices_per_process, JAX_COORDINATOR_ADDRESS=f'localhost:{port}',
+                      JAX_NUM_PROCESSES=str(processes), JAX_PROCESS_ID=str(index))
     runs.append(subprocess.Popen(main_command(workdir, demo_dir, *overrides), cwd=ROOT,
                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                  text=True))

@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from tests.conftest import cpu_devices
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Float32 sums in another order: losses and parameters after two AdamW steps (learning
 # rate 0.01) agree to this. The attention key bias, whose gradient is rounding noise, can
@@ -22,8 +24,7 @@ KEY_BIAS_TOLERANCE = 2 * 0.01
 
 @pytest.fixture(scope='module')
 def report(demo_dir):
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             JAX_PLATFORMS='cpu')
+  env = cpu_devices(8)
   done = subprocess.run([sys.executable, '-m', 'tests.sharding_check', str(demo_dir)],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stderr[-4000:]
