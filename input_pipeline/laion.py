@@ -109,10 +109,16 @@ def _file_size(path):
   return np.int64(-1 if path.endswith('.gz') else tf.io.gfile.stat(path).length)
 
 
+def _warn_ended_early(path, read, size):
+  logging.warning('TFRecord shard %s ends early: %d of its %d bytes could be read; the rest '
+                  'of it is counted as one skipped record', path.decode(), read, size)
+  return np.int64(read)
+
+
 def _tfrecords_counting_truncation(path):
   """The file's records; when it ends early (truncated, or a damaged record that stops the
-  reader), one record that cannot be parsed follows them, so that the rest of the file is
-  counted as one skipped record instead of vanishing without trace."""
+  reader), a warning names it and one record that cannot be parsed follows them, so that the
+  rest of the file is counted as one skipped record instead of vanishing without trace."""
   compression = tf.where(tf.strings.regex_full_match(path, r'.*\.gz'), 'GZIP', '')
   size = tf.ensure_shape(tf.numpy_function(_file_size, [path], tf.int64, stateful=False), [])
   records = tf.data.TFRecordDataset(path, compression_type=compression)
@@ -122,8 +128,15 @@ def _tfrecords_counting_truncation(path):
   def consume(read, chunk):
     ends = read + tf.cumsum(tf.cast(tf.strings.length(chunk), tf.int64) + _TFRECORD_FRAMING)
     starts = tf.concat([[read], ends[:-1]], 0)
-    keep = tf.not_equal(chunk, _END_OF_FILE) | ((size >= 0) & (starts < size))
-    return ends[-1], {'record': tf.boolean_mask(chunk, keep)}
+    at_end = tf.equal(chunk, _END_OF_FILE)
+    ended_early = at_end & (size >= 0) & (starts < size)
+    warned = tf.cond(
+        tf.reduce_any(ended_early),
+        lambda: tf.numpy_function(_warn_ended_early, [path, tf.reduce_max(starts), size],
+                                  tf.int64),
+        lambda: read)
+    with tf.control_dependencies([warned]):
+      return ends[-1], {'record': tf.boolean_mask(chunk, ~at_end | ended_early)}
 
   # The bytes are summed a chunk at a time: a scan over single records costs about a tenth
   # of the pipeline's throughput on small images.

@@ -74,7 +74,7 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
 
 
 def test_a_truncated_tfrecord_shard_counts_its_lost_tail_as_a_skipped_record(
-    tmp_path, demo_dir, tokenizer):
+    tmp_path, demo_dir, tokenizer, caplog):
   folder = tmp_path / 'truncated'
   folder.mkdir()
   for name, pairs in (('00000', _pairs(10)), ('00001', _pairs(8, seed=1))):
@@ -86,6 +86,7 @@ def test_a_truncated_tfrecord_shard_counts_its_lost_tail_as_a_skipped_record(
   config = micro_config(demo_dir, laion_path=str(folder), batch_size=17, shuffle_buffer=1)
   _, (batch,) = _batches(config, tokenizer, 1)  # the 10 + 7 whole records of the first pass
   assert int(batch['skipped'].sum()) == 1 and np.isfinite(batch['image']).all()
+  assert f'TFRecord shard {damaged} ends early' in caplog.text
 
 
 def test_corrupt_webdataset_samples_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
