@@ -5,15 +5,13 @@ fixed when JAX starts.
 """
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import cpu_devices
+from tests.conftest import ROOT, cpu_devices
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Float32 sums in another order: losses and parameters after two AdamW steps (learning
 # rate 0.01) agree to this. The attention key bias, whose gradient is rounding noise, can
 # differ by up to the learning rate (see sharding_check.KEY_BIAS).
