@@ -1,14 +1,12 @@
 """Pictures of masks: which patches are kept, on the patch grid and on the images."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
 import partitioning
-from input_pipeline import augment
+from models import pixels
 from train_step import TrainState, teacher_forward
 
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
@@ -25,10 +23,8 @@ def keep_mask(keep_idx, valid, num_patches):
 
 
 def masked_grid(images, kept, grid_hw, columns=4):
-  """Normalised images [B, H, W, 3] with dropped patches greyed -> one uint8 picture."""
-  images = np.asarray(images, np.float32) * np.array(augment.STDDEV_RGB) + np.array(
-      augment.MEAN_RGB)
-  images = np.clip(images * 255, 0, 255)
+  """uint8 images [B, H, W, 3] with dropped patches greyed -> one uint8 picture."""
+  images = np.asarray(images, np.float32)
   batch, height, width, _ = images.shape
   gh, gw = grid_hw
   mask = kept.reshape(batch, gh, gw).repeat(height // gh, 1).repeat(width // gw, 2)
@@ -57,14 +53,16 @@ def heat_map(frequency, grid_hw, title, cell=24):
 
 
 def example_grid(model, policy, state: TrainState, images, rng, mesh):
-  """Training images with the patches `policy` drops greyed out, as one uint8 picture."""
+  """Training images (uint8) with the patches `policy` drops greyed out, as one uint8
+  picture."""
   scores = None
   if policy.needs_scores:
-    scores = jax.jit(functools.partial(teacher_forward, model),
+    scores = jax.jit(lambda ema_params, x: teacher_forward(model, ema_params,
+                                                           pixels.normalize(x)),
                      out_shardings=partitioning.replicated(mesh))(
                          state.ema_params, partitioning.replicate(mesh, images))[1]
     scores = jnp.asarray(scores.addressable_data(0))
-  keep = policy(rng, jnp.asarray(images), scores)
+  keep = policy(rng, pixels.normalize(images), scores)
   kept = (np.ones((len(images), policy.num_patches), bool) if keep is None
           else keep_mask(*keep, policy.num_patches))
   return masked_grid(images, kept, policy.grid_hw)

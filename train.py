@@ -28,6 +28,7 @@ import workdir_lock
 from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
+from models import pixels
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,11 +54,12 @@ def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
   Every host must mask with the same threshold, so process 0's value is broadcast.
   """
   masking_config = config.model.model_img.masking
+  images = pixels.normalize(images)
   threshold = masking.calibrate_threshold(
-      rng, jnp.asarray(images), tuple(config.model.model_img.patches.size),
+      rng, images, tuple(config.model.model_img.patches.size),
       masking_config.anchor_ratio, masking_config.target_mask_ratio)
   threshold = float(multihost_utils.broadcast_one_to_all(np.float32(threshold)))
-  masked = float(masking.cluster_mask(rng, jnp.asarray(images),
+  masked = float(masking.cluster_mask(rng, images,
                                       tuple(config.model.model_img.patches.size),
                                       masking_config.anchor_ratio, threshold).mean())
   logging.info('Cluster masking: threshold calibrated from %.4f to %.4f (masked share %.3f, '

@@ -7,7 +7,7 @@
 Both read the same shard files on the same cores: the config's laion_path, or, with
 --source_pixels=N, temporary shards of N-pixel JPEGs (FLIP's LAION shards hold 480-pixel
 images). The full pipeline is what training runs (read, shuffle, decode, crop, resize, flip,
-normalise, tokenize, batch) with the deterministic interleave that reproducible runs need,
+round to uint8, tokenize, batch) with the deterministic interleave that reproducible runs need,
 and without it; the bare loop only decodes and resizes, with the pipeline's resize kernel
 (bicubic), as parallel as tf.data makes it. The pipelines take turns over --rounds rounds,
 each on a fresh iterator, so that a slow spell of a shared machine falls on all of them; the

@@ -24,6 +24,7 @@ import train_step
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import median_seconds, median_step_seconds
 from configs import default, tiny
+from models import pixels
 
 flags.DEFINE_list('sizes', ['tiny', 'B/16'], 'Model sizes: tiny (configs/tiny.py) or a name '
                   'of configs/default.py SIZES (B/16, L/16, H/14), as benchmarks.memory.')
@@ -55,12 +56,13 @@ def measure(config, policy_name, mask_ratio, batch, repeats):
   key = jax.random.PRNGKey(1)
   step = median_step_seconds(step_fn, state, batch, key, repeats)
   scores = teacher = None
+  images = jax.jit(pixels.normalize)(batch['image'])
   if policy.needs_scores:
     teacher_fn = jax.jit(functools.partial(train_step.teacher_forward, model))
-    teacher = median_seconds(lambda: teacher_fn(state.ema_params, batch['image']), repeats)
-    scores = teacher_fn(state.ema_params, batch['image'])[1]
+    teacher = median_seconds(lambda: teacher_fn(state.ema_params, images), repeats)
+    scores = teacher_fn(state.ema_params, images)[1]
   sampler_fn = jax.jit(policy.__call__)
-  sampler = median_seconds(lambda: sampler_fn(key, batch['image'], scores), repeats)
+  sampler = median_seconds(lambda: sampler_fn(key, images, scores), repeats)
   return step, sampler, teacher
 
 

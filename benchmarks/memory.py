@@ -28,6 +28,7 @@ from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import median_step_seconds
 from configs import default
 from models import clip
+from models import pixels
 
 flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.py SIZES.')
 flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
@@ -63,11 +64,12 @@ def backward_temp_bytes(model, policy, params, batch):
   which no remat policy changes; this isolates the activations.
   """
   def gradients(params, batch):
-    keep = policy(jax.random.PRNGKey(0), batch['image'])
+    images = pixels.normalize(batch['image'])
+    keep = policy(jax.random.PRNGKey(0), images)
     keep_idx, valid = keep if keep is not None else (None, None)
 
     def loss(params):
-      zimg, ztxt, scale = model.apply({'params': params}, batch['image'], batch['tokens'],
+      zimg, ztxt, scale = model.apply({'params': params}, images, batch['tokens'],
                                       keep_idx, valid)
       return clip.contrastive_loss(zimg, ztxt, scale)
     return jax.grad(loss)(params)

@@ -11,15 +11,17 @@ import masking
 import partitioning
 from input_pipeline import eval_data
 from models import clip
+from models import pixels
 from train_step import TrainState, teacher_forward
 
 
 def image_step(params, ema_params, batch, rng, *, model, policy):
   """Embeddings of a global batch, with its labels and indices (all gathered)."""
-  scores = teacher_forward(model, ema_params, batch['image'])[1] if policy.needs_scores else None
-  keep = policy(rng, batch['image'], scores)
+  images = pixels.normalize(batch['image'])
+  scores = teacher_forward(model, ema_params, images)[1] if policy.needs_scores else None
+  keep = policy(rng, images, scores)
   keep_idx, valid = keep if keep is not None else (None, None)
-  embedding = model.apply({'params': params}, batch['image'], keep_idx, valid,
+  embedding = model.apply({'params': params}, images, keep_idx, valid,
                           method=clip.CLIP.encode_image)
   return {'embedding': embedding, 'label': batch['label'], 'index': batch['index']}
 

@@ -2,16 +2,14 @@
 
 The crops and the resize are FLIP's (`aug.crop_ver`, `aug.eval_pad`, bicubic without
 antialiasing), drawn from stateless random numbers so that the same seed gives the same crops.
+Images leave as uint8 pixels, rounded as PIL's bicubic resize rounds them; the steps on the
+device normalise them (models/pixels.py).
 """
 
 import math
 
-import numpy as np
 import tensorflow as tf
 
-# ImageNet statistics, as FLIP normalises its inputs.
-MEAN_RGB = (0.485, 0.456, 0.406)
-STDDEV_RGB = (0.229, 0.224, 0.225)
 CROP_VERSIONS = ('v4', 'vc')
 # The fallback of `v4` when no random window fits: the centre 224/256 of the shorter side.
 CROP_PADDING = 32
@@ -61,32 +59,25 @@ def random_window(shape, seed, area_range, aspect_ratio_range, size, attempts=10
 
 
 def crop_and_resize(image, window, size):
-  """Bicubic, not antialiased, as FLIP resizes: float32 [size, size, 3], not yet clipped."""
+  """Bicubic, not antialiased, as FLIP resizes: float32 [size, size, 3], not yet rounded."""
   image = tf.slice(image, tf.stack([window[0], window[1], 0]),
                    tf.stack([window[2], window[3], 3]))
   return tf.image.resize(image, [size, size], method='bicubic')
 
 
-def finish(image, flip=None):
-  """Clip to [0, 255], flip if `flip` (a boolean tensor) is set, normalise.
-
-  The statistics are full-size constants: a multiply that broadcasts over the last axis of 3
-  costs, per example, several times the decode of a 64-pixel JPEG.
-  """
-  size = image.shape[:2]
-  image = tf.clip_by_value(image, 0.0, 255.0)
+def to_pixels(image, flip=None):
+  """Rounds to uint8 (clipping the bicubic overshoot to [0, 255]) and flips horizontally if
+  `flip` (a boolean tensor) is set; the flip is cheapest on the smallest copy."""
+  image = tf.saturate_cast(tf.round(image), tf.uint8)
   if flip is not None:
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-  stddev = 255 * np.asarray(STDDEV_RGB, np.float32)
-  scale = np.broadcast_to(1 / stddev, (*size, 3))
-  offset = np.broadcast_to(255 * np.asarray(MEAN_RGB, np.float32) / stddev, (*size, 3))
-  return image * tf.constant(scale) - tf.constant(offset)
+  return image
 
 
 def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
                 aspect_ratio_range=(3 / 4, 4 / 3), flip=True, crop_ver='v4'):
-  """Decode, crop (`v4` random or `vc` centre), resize, optional horizontal flip, normalise:
-  float32 [size, size, 3]."""
+  """Decode, crop (`v4` random or `vc` centre), resize, optional horizontal flip:
+  uint8 [size, size, 3]."""
   if crop_ver not in CROP_VERSIONS:
     raise ValueError(f'config.aug.crop_ver={crop_ver!r}: expected one of {CROP_VERSIONS}')
   image = decode(image_bytes)
@@ -97,13 +88,13 @@ def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
     window, coin = centre_window(shape, size, 0), tf.random.stateless_uniform([], seed) < 0.5
   image = crop_and_resize(image, window, size)
   image.set_shape([size, size, 3])
-  return finish(image, coin if flip else None)
+  return to_pixels(image, coin if flip else None)
 
 
 def eval_image(image_bytes, size, pad=0):
   """The centre square of size / (size + pad) of the shorter side, resized to size x size
-  (FLIP's `aug.eval_pad`): float32 [size, size, 3]."""
+  (FLIP's `aug.eval_pad`): uint8 [size, size, 3]."""
   image = decode(image_bytes)
   image = crop_and_resize(image, centre_window(tf.shape(image), size, pad), size)
   image.set_shape([size, size, 3])
-  return finish(image)
+  return to_pixels(image)

@@ -190,8 +190,8 @@ def _parse_tfrecord(record):
 def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
                   process_count: int = 1, seed: int = 0, start_position: int = 0,
                   deterministic: bool = True) -> tf.data.Dataset:
-  """Endless host-local batches {'image', 'tokens', 'skipped', 'position'} of
-  batch_size / process_count.
+  """Endless host-local batches {'image' (uint8 pixels), 'tokens', 'skipped', 'position'}
+  of batch_size / process_count.
 
   The stream is a function of the seed, the shard files and the host count. `position` is
   how many records of it the batch's last example ends at; a pipeline built with

@@ -32,11 +32,10 @@ def test_reads_both_shard_formats(demo_dir, tokenizer, folder, fmt):
   assert shards.format == fmt and len(shards.files) == 2
   batch = batches[0]
   assert batch['image'].shape == (8, MICRO_IMAGE, MICRO_IMAGE, 3)
-  assert batch['image'].dtype == np.float32 and np.isfinite(batch['image']).all()
+  # Pixels as uint8, a quarter of the bytes of floats; the device normalises them.
+  assert batch['image'].dtype == np.uint8 and batch['image'].std() > 10
   assert batch['tokens'].shape == (8, 16) and (batch['tokens'][:, 0] == 101).all()
   assert sum(int(b['skipped'].sum()) for b in batches) == 0
-  # Normalised with ImageNet statistics: roughly centred, not in [0, 255].
-  assert -3 < batch['image'].mean() < 3
 
 
 def test_colour_words_of_captions_reach_the_tokens(demo_dir, tokenizer):
@@ -70,7 +69,7 @@ def test_corrupt_records_are_skipped_and_counted(tmp_path, demo_dir, tokenizer):
                         shuffle_buffer=1)
   _, batches = _batches(config, tokenizer, 3)  # 15 good records of the first pass
   assert sum(int(b['skipped'].sum()) for b in batches) == 3  # 2 bad images + 1 bad record
-  assert all(np.isfinite(b['image']).all() for b in batches)
+  assert all(b['image'].std() > 10 for b in batches)
 
 
 def test_a_truncated_tfrecord_shard_counts_its_lost_tail_as_a_skipped_record(
@@ -85,7 +84,7 @@ def test_a_truncated_tfrecord_shard_counts_its_lost_tail_as_a_skipped_record(
   damaged.write_bytes(damaged.read_bytes()[:-100])  # the copy stopped inside the last record
   config = micro_config(demo_dir, laion_path=str(folder), batch_size=17, shuffle_buffer=1)
   _, (batch,) = _batches(config, tokenizer, 1)  # the 10 + 7 whole records of the first pass
-  assert int(batch['skipped'].sum()) == 1 and np.isfinite(batch['image']).all()
+  assert int(batch['skipped'].sum()) == 1 and batch['image'].std() > 10
   assert f'TFRecord shard {damaged} ends early' in caplog.text
 
 

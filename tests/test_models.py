@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from models import clip
+from models import pixels
 from models.transformer import Encoder
 from models.vit import VisionTower, sincos_2d
 from tests.conftest import micro_config
@@ -200,3 +201,11 @@ def test_sincos_puts_the_column_code_first_as_flip():
   # Patch (row 0, column 1) against (row 1, column 0): columns fill channels 0..7.
   assert np.allclose(pos[1, 8:], pos[0, 8:]) and not np.allclose(pos[1, :8], pos[0, :8])
   assert np.allclose(pos[4, :8], pos[0, :8]) and not np.allclose(pos[4, 8:], pos[0, 8:])
+
+
+def test_pixels_are_normalised_with_imagenet_statistics_and_only_once():
+  grey = np.full((1, 2, 2, 3), 128, np.uint8)
+  want = (128 / 255 - np.array(pixels.MEAN_RGB)) / np.array(pixels.STDDEV_RGB)
+  np.testing.assert_allclose(pixels.normalize(grey)[0, 0, 0], want, rtol=1e-5)
+  with pytest.raises(TypeError, match='expected uint8 pixels'):
+    pixels.normalize(pixels.normalize(grey))

@@ -15,6 +15,7 @@ import train_step
 from input_pipeline import laion
 from input_pipeline.tokenizer import BertTokenizer
 from models import clip
+from models import pixels
 from tests.conftest import micro_config
 
 
@@ -122,7 +123,8 @@ def test_cluster_calibration_sets_the_threshold_for_training(demo_dir, demo_batc
   policy = train.calibrate_cluster_policy(config, demo_batch['image'], jax.random.PRNGKey(0))
   threshold = config.model.model_img.masking.threshold
   assert threshold != 0.5 and policy.name == 'cluster'
-  share = float(masking.cluster_mask(jax.random.PRNGKey(0), demo_batch['image'], (8, 8), 0.03,
+  images = pixels.normalize(demo_batch['image'])
+  share = float(masking.cluster_mask(jax.random.PRNGKey(0), images, (8, 8), 0.03,
                                      threshold).mean())
   assert abs(share - 0.5) < 0.1  # 8 images of 16 patches: a coarse target
 

@@ -27,6 +27,7 @@ import checkpoints
 import masking
 from pictures import heat_map, keep_mask, masked_grid
 from models import clip
+from models import pixels
 
 POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
 def policy_config(config, name):
@@ -70,7 +71,7 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
   os.makedirs(out_dir, exist_ok=True)
   grid_hw = masking.grid_of(config)
   images = demo_images(config, examples)
-  pool = jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws]
+  pool = pixels.normalize(jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws])
   scores = teacher_scores(config, pool, checkpoint)
   cluster = config.model.model_img.masking
   if cluster.calibrate:
