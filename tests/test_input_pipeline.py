@@ -181,6 +181,27 @@ def test_prompts_fill_every_template_per_class():
   assert len(eval_data.templates('openai80')) == 80 and len(eval_data.templates('short7')) == 7
 
 
+def test_pixels_are_rounded_half_to_even_clipped_and_flipped():
+  resized = tf.constant([[[-3.2, 0.5, 1.5], [2.5, 254.5, 255.7], [300.0, 99.49, 99.51]]])
+  np.testing.assert_array_equal(augment.to_pixels(resized).numpy(),
+                                [[[0, 0, 2], [2, 254, 255], [255, 99, 100]]])
+  flipped = augment.to_pixels(resized, tf.constant(True)).numpy()
+  np.testing.assert_array_equal(flipped, augment.to_pixels(resized).numpy()[:, ::-1])
+  assert augment.to_pixels(resized, tf.constant(False)).dtype == tf.uint8
+
+
+def test_a_jpeg_and_a_png_of_one_picture_get_the_same_crop():
+  # A JPEG's window is decoded alone, a PNG is decoded whole and cut: same seed, same window.
+  rows, columns = np.mgrid[0:72, 0:96]
+  pixels = np.stack([rows * 3, columns * 2, (rows + columns) % 256], -1).astype(np.uint8)
+  seed = tf.constant([3, 1], tf.int64)
+  crop = lambda encoded, seed: augment.train_image(encoded, 16, seed, (0.1, 0.3)).numpy()
+  jpeg, png = tf.io.encode_jpeg(pixels, quality=98), tf.io.encode_png(pixels)
+  same = np.abs(crop(jpeg, seed).astype(int) - crop(png, seed)).mean()
+  other = np.abs(crop(jpeg, seed + 1).astype(int) - crop(png, seed)).mean()
+  assert same < 2 and other > 10
+
+
 def test_flip_crops_are_seeded_and_eval_pad_crops_the_centre():
   pixels = np.zeros((64, 96, 3), np.uint8)
   pixels[:, :, 0] = np.arange(96)[None, :]  # red grows from left to right
