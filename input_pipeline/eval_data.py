@@ -201,8 +201,9 @@ def _batches(ds: tf.data.Dataset, num_examples: int, image_size: int, eval_pad: 
 
   ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
   padding = tf.data.Dataset.from_tensors({
-      'image': tf.zeros([image_size, image_size, 3], tf.uint8), 'label': tf.constant(-1, tf.int32),
-      'index': tf.constant(-1, tf.int32), 'mask': tf.constant(0.0)}).repeat()
+      'image': tf.zeros([image_size, image_size, 3], tf.uint8),
+      'label': tf.constant(-1, tf.int32), 'index': tf.constant(-1, tf.int32),
+      'mask': tf.constant(0.0)}).repeat()
   ds = ds.concatenate(padding).take(num_batches * local_batch_size)
   return ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
 
