@@ -31,6 +31,12 @@ from models import clip
 from models import pixels
 
 
+# Steps the host may dispatch before the device has finished them. Two keep the device busy;
+# more would only lengthen the wait after a preemption notice (every step dispatched must
+# finish before the checkpoint) and hold more batches in device memory.
+_RUN_AHEAD_STEPS = 2
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when training produced NaN or infinite values; nothing was saved after them."""
 
@@ -291,6 +297,8 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
           batch = partitioning.global_batch(mesh, local_batch)
           state, metrics = step_fn(state, batch, train_rng)
         pending.append(metrics)
+        if len(pending) > _RUN_AHEAD_STEPS:
+          jax.block_until_ready(pending[-1 - _RUN_AHEAD_STEPS])
         checkpoints.saving(manager, manager.check_for_errors)  # a failed save stops the run
         if step == start_step + 1:
           # The first step compiles: throughput and input wait count the steps after it.
