@@ -31,10 +31,11 @@ from models import clip
 from models import pixels
 
 
-# Steps the host may dispatch before the device has finished them. Two keep the device busy;
-# more would only lengthen the wait after a preemption notice (every step dispatched must
-# finish before the checkpoint) and hold more batches in device memory.
-_RUN_AHEAD_STEPS = 2
+# Steps the host may dispatch before the device has finished them: enough to keep the device
+# busy (on the CPU, where the host's own threads compute, two cost some throughput and four
+# none); more would only lengthen the wait after a preemption notice (every step dispatched
+# must finish before the checkpoint) and hold more batches in device memory.
+_RUN_AHEAD_STEPS = 4
 
 
 class NonFiniteLossError(FloatingPointError):
