@@ -39,7 +39,13 @@ glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	    --metric=zeroshot/top1,retrieval/image_retrieval_recall@1,retrieval/text_retrieval_recall@1 \
 	    --runs=workdirs/demo-none,workdirs/demo-random,workdirs/demo-gaussian,workdirs/demo-cluster,workdirs/demo-attentive
 
-test: $(VENV)/.installed
+# The tests also run open_clip's and CLIP_benchmark's own code as references (torch and
+# torchvision among them); `make demo` and training never install these.
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
+test: $(VENV)/.installed-test
 	$(PY) -m pytest -q tests
 
 clean:

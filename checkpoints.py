@@ -10,7 +10,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-import flip_weights
+from foreign_weights import flip_t5x
+from foreign_weights import open_clip_state
 from train_step import TrainState
 
 
@@ -154,26 +155,57 @@ def latest_step_dir(path: str) -> str:
 
 
 def resample_grid(embedding: np.ndarray, new_shape) -> np.ndarray:
-  """Bilinearly resizes a [1, gh * gw, D] position embedding onto another square grid."""
-  old_side, new_side = int(np.sqrt(embedding.shape[1])), int(np.sqrt(new_shape[1]))
-  if old_side ** 2 != embedding.shape[1] or new_side ** 2 != new_shape[1]:
+  """Bilinearly resizes a [1, gh * gw, D] position embedding onto another square grid; a
+  table with a class token's row first ([1, 1 + gh * gw, D], open_clip's) keeps that row."""
+  def square(rows):
+    side = int(round(np.sqrt(rows)))
+    return side if side * side == rows else None
+
+  cls_rows = 0
+  if square(embedding.shape[1]) is None or square(new_shape[1]) is None:
+    cls_rows = 1
+  old_side, new_side = square(embedding.shape[1] - cls_rows), square(new_shape[1] - cls_rows)
+  if old_side is None or new_side is None:
     raise ValueError(f'cannot resample position embedding {embedding.shape} -> {new_shape}: '
                      'grids must be square')
-  grid = embedding.reshape(old_side, old_side, -1)
+  grid = embedding[0, cls_rows:].reshape(old_side, old_side, -1)
   grid = jax.image.resize(grid, (new_side, new_side, grid.shape[-1]), 'bilinear')
-  return np.asarray(grid).reshape(new_shape)
+  patches = np.asarray(grid).reshape(1, new_side * new_side, -1)
+  return np.concatenate([embedding[:, :cls_rows], patches], axis=1).reshape(new_shape)
+
+
+def foreign_format(path: str):
+  """'a FLIP (t5x)' or 'an open_clip' when `path` holds another codebase's weights, else
+  None."""
+  path = os.path.abspath(path)
+  if flip_t5x.find_step_dir(path) is not None:
+    return 'a FLIP (t5x)'
+  if open_clip_state.find(path) is not None:
+    return 'an open_clip'
+  return None
 
 
 def load_pretrained_params(path: str, params):
   """Weights of another run's checkpoint, without its optimiser state, fitted to `params`.
 
-  `path` holds this project's checkpoints or a FLIP release in t5x's layout
-  (flip_weights.py), whose names are mapped onto ours.
+  `path` holds this project's checkpoints, a FLIP release in t5x's layout
+  (foreign_weights/flip_t5x.py) or an open_clip checkpoint: `epoch_K.pt`, a state dict
+  (`.pt`, `.bin`, `.pth`, `.safetensors`) or a Hugging Face style folder
+  (foreign_weights/open_clip_state.py). Every tensor must find a parameter and every
+  parameter a tensor; image position tables are resampled onto another patch grid, and a
+  longer text position table keeps its first positions.
   """
   target = traverse_util.flatten_dict(params, sep='/')
-  if flip_weights.find_step_dir(os.path.abspath(path)) is not None:
-    source = flip_weights.load(os.path.abspath(path),
-                               {name: value.shape for name, value in target.items()})
+  shapes = {name: value.shape for name, value in target.items()}
+  absolute = os.path.abspath(path)
+  if flip_t5x.find_step_dir(absolute) is not None:
+    source = flip_t5x.load(absolute, shapes)
+  elif open_clip_state.find(absolute) is not None:
+    try:
+      source = open_clip_state.to_params(open_clip_state.read_state_dict(absolute), shapes,
+                                         path)
+    except ValueError as e:
+      raise ValueError(f'config.pretrain_dir={path!r}: {e}') from e
   else:
     try:
       step_dir = latest_step_dir(path)
@@ -198,10 +230,17 @@ def load_pretrained_params(path: str, params):
   for name, want in target.items():
     value = np.asarray(source[name])
     if value.shape != want.shape:
-      if not name.endswith('pos_embedding') or value.ndim != 3:
+      if name == 'text/pos_embedding' and value.ndim == 3 and value.shape[1] > want.shape[1] \
+          and value.shape[2:] == want.shape[2:]:
+        logging.info('Keeping the first %d of the %d text positions', want.shape[1],
+                     value.shape[1])
+        value = value[:, :want.shape[1]]
+      elif name.startswith('image/') and name.endswith('pos_embedding') and value.ndim == 3 \
+          and value.shape[2:] == want.shape[2:]:
+        logging.info('Resampling %s from %s to %s', name, value.shape, want.shape)
+        value = resample_grid(value, want.shape)
+      else:
         raise ValueError(f'config.pretrain_dir={path!r}: parameter {name} has shape '
                          f'{value.shape} in the checkpoint but {want.shape} in this model')
-      logging.info('Resampling %s from %s to %s', name, value.shape, want.shape)
-      value = resample_grid(value, want.shape)
     fitted[name] = jax.device_put(value.astype(want.dtype), want.sharding)
   return traverse_util.unflatten_dict(fitted, sep='/')

@@ -7,9 +7,11 @@ import evaluators
 import masking
 import optimizer
 import partitioning
+from configs import default
 from input_pipeline import augment
 from input_pipeline import eval_data
 from input_pipeline import tokenizer
+from models import text
 from models import transformer
 
 
@@ -42,6 +44,27 @@ def check(config):
     heads, width = cfg.transformer.num_heads, cfg.hidden_size
     _require(width % heads == 0, f'config.model.{tower}.hidden_size={width} does not divide '
              f'into config.model.{tower}.transformer.num_heads={heads}')
+  _require(not (img.cls_position and img.sincos),
+           'config.model.model_img.cls_position=True needs a learned position table: set '
+           'config.model.model_img.sincos=False')
+  _require(config.model.activation in transformer.ACTIVATIONS,
+           f'config.model.activation={config.model.activation!r}: expected one of '
+           f'{sorted(transformer.ACTIVATIONS)}')
+  _require(config.model.norm_eps > 0,
+           f'config.model.norm_eps={config.model.norm_eps}: must be positive')
+  if config.aug.txt.tokenizer == 'clip_bpe':
+    _require(config.model.model_txt.vocab_size >= 49408,
+             f'config.model.model_txt.vocab_size={config.model.model_txt.vocab_size}: CLIP BPE '
+             'ids go up to 49407; expected 49408')
+  text_pools = ('',) + text.POOLINGS
+  _require(config.model.model_txt.pool in text_pools,
+           f'config.model.model_txt.pool={config.model.model_txt.pool!r}: expected one of '
+           f'{text_pools}')
+  for field in ('pixel_mean', 'pixel_std'):
+    values = tuple(config.aug[field])
+    _require(len(values) == 3 and (field == 'pixel_mean' or min(values) > 0),
+             f'config.aug.{field}={values}: expected 3 values (R, G, B) on the 0-1 scale'
+             + (', all positive' if field == 'pixel_std' else ''))
   _require(not img.sincos or img.hidden_size % 4 == 0,
            f'config.model.model_img.hidden_size={img.hidden_size}: the sin-cos position '
            'embedding needs a multiple of 4')
@@ -125,10 +148,14 @@ def as_json(config) -> dict:
 
 
 def changes_since(previous: dict, config) -> dict:
-  """{field: [value then, value now]} for the fields that differ."""
+  """{field: [value then, value now]} for the fields that differ. A field added to the
+  project after the saved config was written is no change while it keeps its default, which
+  is what the run trained with."""
   before, now = flat(previous), flat(as_json(config))
+  defaults = flat(as_json(default.get_config()))
   return {k: [before.get(k), now.get(k)] for k in sorted(before.keys() | now.keys())
-          if before.get(k) != now.get(k) and not k.startswith(NOT_COMPARED)}
+          if before.get(k) != now.get(k) and not k.startswith(NOT_COMPARED) and
+          not (k not in before and k in defaults and now.get(k) == defaults[k])}
 
 
 def check_resume(config, saved_config_path: str) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 import partitioning
-from models import pixels
+from models import clip
 from train_step import TrainState, teacher_forward
 
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
@@ -58,11 +58,11 @@ def example_grid(model, policy, state: TrainState, images, rng, mesh):
   scores = None
   if policy.needs_scores:
     scores = jax.jit(lambda ema_params, x: teacher_forward(model, ema_params,
-                                                           pixels.normalize(x)),
+                                                           clip.normalize_pixels(model, x)),
                      out_shardings=partitioning.replicated(mesh))(
                          state.ema_params, partitioning.replicate(mesh, images))[1]
     scores = jnp.asarray(scores.addressable_data(0))
-  keep = policy(rng, pixels.normalize(images), scores)
+  keep = policy(rng, clip.normalize_pixels(model, images), scores)
   kept = (np.ones((len(images), policy.num_patches), bool) if keep is None
           else keep_mask(*keep, policy.num_patches))
   return masked_grid(images, kept, policy.grid_hw)

@@ -16,7 +16,6 @@ import numpy as np
 import checkpoints
 import config_checks
 import evaluators
-import flip_weights
 import masking
 import metrics_writer
 import optimizer
@@ -61,7 +60,7 @@ def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
   Every host must mask with the same threshold, so process 0's value is broadcast.
   """
   masking_config = config.model.model_img.masking
-  images = pixels.normalize(images)
+  images = pixels.normalize(images, *pixels.of_config(config))
   threshold = masking.calibrate_threshold(
       rng, images, tuple(config.model.model_img.patches.size),
       masking_config.anchor_ratio, masking_config.target_mask_ratio)
@@ -141,8 +140,9 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
 
   objective = train_step.objective_of(config, policy)
   evaluations = evaluators.build(config, model, mesh, tokenizer)  # checks the evaluation data
-  if config.resume_dir and flip_weights.find_step_dir(os.path.abspath(config.resume_dir)):
-    raise ValueError(f'config.resume_dir={config.resume_dir!r} is a FLIP (t5x) checkpoint, '
+  foreign = config.resume_dir and checkpoints.foreign_format(config.resume_dir)
+  if foreign:
+    raise ValueError(f'config.resume_dir={config.resume_dir!r} is {foreign} checkpoint, '
                      'whose optimiser state does not map onto this one; start from its '
                      'weights with config.pretrain_dir instead')
   checkpoints.check_writable(os.path.join(workdir, 'checkpoints'))

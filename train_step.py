@@ -14,7 +14,6 @@ import masking
 import optimizer
 import partitioning
 from models import clip
-from models import pixels
 
 
 class TrainState(train_state.TrainState):
@@ -138,7 +137,7 @@ def kept_fraction(policy, keep_idx, valid, rows):
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
                objective: Objective = Objective()):
   mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
-  images, tokens = pixels.normalize(batch['image']), batch['tokens']
+  images, tokens = clip.normalize_pixels(model, batch['image']), batch['tokens']
   views, batch_size = objective.num_views, images.shape[0]
   teacher_features = scores = None
   if objective.use_teacher:

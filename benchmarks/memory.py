@@ -28,7 +28,6 @@ from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import median_step_seconds
 from configs import default
 from models import clip
-from models import pixels
 
 flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.py SIZES.')
 flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
@@ -64,7 +63,7 @@ def backward_temp_bytes(model, policy, params, batch):
   which no remat policy changes; this isolates the activations.
   """
   def gradients(params, batch):
-    images = pixels.normalize(batch['image'])
+    images = clip.normalize_pixels(model, batch['image'])
     keep = policy(jax.random.PRNGKey(0), images)
     keep_idx, valid = keep if keep is not None else (None, None)
 

@@ -1,4 +1,5 @@
-"""Masking Clusters: ViT-B/16 dropping clusters of similar patches.
+"""Masking Clusters: open_clip's ViT-B-16 (the paper's model) dropping clusters of similar
+patches.
 
   python main.py --workdir=DIR --config=configs/cluster_base16.py --config.laion_path=PATH
 
@@ -12,8 +13,8 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  default.set_size(config, 'B/16')
-  default.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
+  default.set_size(config, 'ViT-B-16')
+  default.open_clip_towers(config)
   config.model.model_img.mask_ratio = 0.5
   masking = config.model.model_img.masking
   masking.policy = 'cluster'

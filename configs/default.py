@@ -109,8 +109,14 @@ def get_config():
   # to image_size (0: the whole centre square; 32 is the classic 224/256 crop).
   config.aug.eval_pad = 0
   config.aug.flip = True  # random horizontal flip
+  # Per-channel statistics the towers normalise pixels with, on the 0-1 scale: ImageNet's
+  # (FLIP's, the default) or OpenAI's for open_clip's models (open_clip_towers below).
+  config.aug.pixel_mean = (0.485, 0.456, 0.406)
+  config.aug.pixel_std = (0.229, 0.224, 0.225)
   config.aug.txt = ml_collections.ConfigDict()
-  # BERT uncased WordPiece, in the tf.data graph; the only tokenizer (FLIP's).
+  # `tf_bert`: BERT uncased WordPiece in the tf.data graph (FLIP's); `clip_bpe`: CLIP's byte
+  # BPE with open_clip's text cleaning, <start_of_text> and <end_of_text> (open_clip's ids;
+  # context 77, vocab 49408). [CLS]/[SEP] below are WordPiece's only.
   config.aug.txt.tokenizer = 'tf_bert'
   config.aug.txt.max_len = 32
   # Prepend [CLS], so that first-token pooling reads a dedicated token; FLIP's runs have none
@@ -205,6 +211,11 @@ def get_config():
   config.model.aclip.simclr_weight = 0.0
   config.model.aclip.simclr_temperature = 0.1
   config.model.aclip.head_dim = 256  # width of the projector and predictor outputs
+  # The MLP's nonlinearity in both towers: `gelu_tanh` (FLIP's, Flax's tanh approximation),
+  # `gelu` (exact, open_clip's) or `quick_gelu` (x * sigmoid(1.702 x), OpenAI's weights).
+  config.model.activation = 'gelu_tanh'
+  # LayerNorm epsilon in both towers (FLIP's 1e-6; open_clip's 1e-5).
+  config.model.norm_eps = 1e-6
   # Computation dtype of both towers; parameters always stay float32.
   config.model.dtype = 'float32'  # or 'bfloat16'
   # One nn.scan over each tower's blocks (parameters stacked on a `layers` axis): compiles
@@ -239,6 +250,13 @@ def get_config_img():
   # checkpoints are mapped by name when loaded.
   config.name = 'img_encoder'
   config.patches = ml_collections.ConfigDict({'size': (16, 16)})
+  # A bias in the patch embedding (FLIP's; open_clip's conv has none).
+  config.patch_bias = True
+  # A learned position for the class token too, row 0 of the table (open_clip's; needs
+  # sincos=False). FLIP's class token has no position.
+  config.cls_position = False
+  # A LayerNorm over the tokens before the encoder (open_clip's ln_pre; FLIP has none).
+  config.pre_norm = False
   config.hidden_size = 1024
   config.transformer = ml_collections.ConfigDict()
   _transformer(config, 1024, 16, 24)
@@ -285,6 +303,11 @@ def get_config_txt():
   # Keep padding out of attention and pooling. FLIP's text tower attends to every token,
   # padding included (False), and its released weights need that to give its embeddings.
   config.mask_padding = False
+  # Each token attends only to itself and those before it (open_clip's text tower).
+  config.causal = False
+  # Text embedding: empty lets model.clr.txt_avg_token choose (FLIP's field: `mean` or
+  # `first`); `argmax` reads the token with the largest id, open_clip's end of text.
+  config.pool = ''
   return config
 
 
@@ -312,11 +335,57 @@ SIZES = {
 }
 
 
+# open_clip's CLIP family by its model names (model_configs/<name>.json there), 224 pixels.
+OPEN_CLIP_SIZES = {
+    'ViT-B-32': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=32),
+    'ViT-B-16': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=16),
+    'ViT-L-14': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=14),
+    'ViT-H-14': dict(img=(1280, 32, 16), txt=(1024, 24, 16), embed=1024, patch=14),
+}
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def open_clip_towers(config, quick_gelu: bool = False):
+  """open_clip's CLIP towers, tokenizer and pixel statistics, keeping the sizes.
+
+  Image: patch conv without bias, a learned position for every token including the class
+  token, ln_pre, class-token pooling after ln_post. Text: CLIP's BPE with 77 tokens, causal
+  attention, pooling at the end-of-text token after ln_final. Exact GELU (QuickGELU for
+  OpenAI's weights, open_clip's `-quickgelu` models), LayerNorm epsilon 1e-5, OpenAI's pixel
+  statistics, projections without bias.
+  """
+  img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
+  img.sincos = False
+  img.patch_bias = False
+  img.cls_position = True
+  img.pre_norm = True
+  clr.img_avg_token = False
+  clr.proj_out_bias = False
+  txt.causal = True
+  txt.pool = 'argmax'
+  txt.mask_padding = False
+  txt.vocab_size = 49408
+  config.aug.txt.tokenizer = 'clip_bpe'
+  config.aug.txt.max_len = 77
+  config.aug.txt.cls_token = False
+  config.aug.txt.sep_token = False
+  config.model.activation = 'quick_gelu' if quick_gelu else 'gelu'
+  config.model.norm_eps = 1e-5
+  config.aug.pixel_mean = OPENAI_MEAN
+  config.aug.pixel_std = OPENAI_STD
+  return config
+
+
 def set_size(config, name: str):
-  """Sets both towers and the embedding width to a named size from SIZES."""
-  if name not in SIZES:
-    raise ValueError(f'unknown model size {name!r}; expected one of {sorted(SIZES)}')
-  size = SIZES[name]
+  """Sets both towers and the embedding width to a named size from SIZES (FLIP's) or
+  OPEN_CLIP_SIZES (which also set the image size to open_clip's 224 pixels)."""
+  sizes = {**SIZES, **OPEN_CLIP_SIZES}
+  if name not in sizes:
+    raise ValueError(f'unknown model size {name!r}; expected one of {sorted(sizes)}')
+  size = sizes[name]
+  if name in OPEN_CLIP_SIZES:
+    config.image_size = 224
   for tower, (width, layers, heads) in (('model_img', size['img']),
                                         ('model_txt', size['txt'])):
     cfg = config.model[tower]

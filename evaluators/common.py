@@ -11,13 +11,12 @@ import masking
 import partitioning
 from input_pipeline import eval_data
 from models import clip
-from models import pixels
 from train_step import TrainState, teacher_forward
 
 
 def image_step(params, ema_params, batch, rng, *, model, policy):
   """Embeddings of a global batch, with its labels and indices (all gathered)."""
-  images = pixels.normalize(batch['image'])
+  images = clip.normalize_pixels(model, batch['image'])
   scores = teacher_forward(model, ema_params, images)[1] if policy.needs_scores else None
   keep = policy(rng, images, scores)
   keep_idx, valid = keep if keep is not None else (None, None)

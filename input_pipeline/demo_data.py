@@ -6,7 +6,8 @@ Writes, under --out:
   zeroshot/COLOR_shape_on_BACKGROUND/*.jpg
                               held-out images, one folder per class, for zero-shot eval
   wds_retrieval/test/N.tar    held-out captioned images for retrieval, in CLIP_benchmark's
-                              webdataset layout (<key>.jpg + <key>.txt)
+                              webdataset layout (<key>.jpg + <key>.txt, test/nshards.txt,
+                              dataset_type.txt), which `clip_benchmark eval` reads as it is
   COMPLETE                    written last, so an interrupted run is regenerated
 
 The output is a deterministic function of the flags.
@@ -135,13 +136,18 @@ def write_shards(out_dir, pairs, num_shards, formats, image_size):
 
 
 def write_retrieval_set(out_dir, pairs, num_shards=2):
-  """Held-out captioned images in CLIP_benchmark's webdataset layout (wds:OUT_DIR)."""
+  """Held-out captioned images in CLIP_benchmark's full webdataset layout (wds:OUT_DIR):
+  shards 0..N-1 with N in nshards.txt, and `retrieval` in dataset_type.txt."""
   os.makedirs(os.path.join(out_dir, 'test'), exist_ok=True)
   for shard in range(num_shards):
     with tarfile.open(os.path.join(out_dir, 'test', f'{shard}.tar'), 'w') as tar:
       for key, jpg, txt in pairs[shard::num_shards]:
         _add_to_tar(tar, f'{key}.jpg', jpg)
         _add_to_tar(tar, f'{key}.txt', txt.encode())
+  with open(os.path.join(out_dir, 'test', 'nshards.txt'), 'w') as f:
+    f.write(f'{num_shards}\n')
+  with open(os.path.join(out_dir, 'dataset_type.txt'), 'w') as f:
+    f.write('retrieval\n')
 
 
 def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,

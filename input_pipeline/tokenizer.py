@@ -1,11 +1,26 @@
-"""BERT uncased WordPiece tokenization inside the tf.data graph (FLIP's text tokenizer)."""
+"""Text tokenizers, a batch of strings at a time: BERT uncased WordPiece inside the tf.data
+graph (FLIP's) and CLIP's byte-level BPE (open_clip's).
 
+Both map strings to int32 ids [N, max_len] padded with 0: a tf.Tensor of strings (as in a
+tf.data map) gives a tf.Tensor, a list or array of strings gives ids the caller can read with
+np.asarray; a single string gives [max_len].
+"""
+
+import functools
+import gzip
+import html
 import pathlib
+import re
 
+import ftfy
+import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
+import tokenizers
 
-VOCAB_PATH = pathlib.Path(__file__).parent / 'vocab' / 'bert_base_uncased_vocab.txt'
+VOCAB_DIR = pathlib.Path(__file__).parent / 'vocab'
+VOCAB_PATH = VOCAB_DIR / 'bert_base_uncased_vocab.txt'
+BPE_PATH = VOCAB_DIR / 'clip_bpe_simple_vocab_16e6.txt.gz'
 PAD_ID = 0
 
 
@@ -44,12 +59,101 @@ class BertTokenizer:
     return ids[0] if scalar else ids
 
 
-TOKENIZERS = ('tf_bert',)
+def _byte_symbols():
+  """The characters that stand for the 256 byte values in CLIP's first 256 tokens, in token
+  order (GPT-2's byte map, as the ByteLevel pre-tokenizer applies it): printable Latin-1
+  bytes stand for themselves, the others for the characters from U+0100 on."""
+  printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) +
+               list(range(ord('®'), ord('ÿ') + 1)))
+  return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
 
 
-def from_config(config) -> BertTokenizer:
+# CLIP's pre-tokenizer: contractions, runs of letters, single digits, runs of other symbols.
+_WORDS = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+# Text that ftfy leaves as it is: printable ASCII, tabs and newlines, no HTML entity.
+_PLAIN = re.compile(r"[ -%'-~\t\n]*")
+
+
+def clean(text: str) -> str:
+  """open_clip's text cleaning: ftfy's fixes, HTML unescaped twice, whitespace runs as one
+  space, stripped, lower case."""
+  if not _PLAIN.fullmatch(text):
+    text = ftfy.fix_text(text)
+  text = html.unescape(html.unescape(text))
+  return ' '.join(text.split()).lower()
+
+
+class ClipBpeTokenizer:
+  """CLIP's byte-level BPE with open_clip's ids: cleaned text, <start_of_text> (49406), the
+  BPE tokens, <end_of_text> (49407), truncated to max_len with the end token kept, padded
+  with 0. The BPE runs in the `tokenizers` library (Rust, a batch at a time); the cleaning,
+  which must match open_clip's Python, stays in Python.
+  """
+  START, END = '<start_of_text>', '<end_of_text>'
+
+  def __init__(self, max_len: int = 77, bpe_path=BPE_PATH):
+    bpe_path = pathlib.Path(bpe_path)
+    if not bpe_path.is_file():
+      raise FileNotFoundError(f'CLIP BPE merges not found: {bpe_path}')
+    with gzip.open(bpe_path, 'rt', encoding='utf-8') as f:
+      lines = f.read().split('\n')
+    # The file's first line is a header; CLIP uses the first 48,894 merges.
+    merges = [tuple(line.split()) for line in lines[1:49152 - 256 - 2 + 1]]
+    symbols = _byte_symbols()
+    vocab = symbols + [s + '</w>' for s in symbols] + [''.join(m) for m in merges]
+    vocab += [self.START, self.END]
+    self.vocab_size = len(vocab)
+    self.max_len = max_len
+    self.start_id, self.end_id = vocab.index(self.START), vocab.index(self.END)
+    model = tokenizers.models.BPE({token: i for i, token in enumerate(vocab)}, merges,
+                                  end_of_word_suffix='</w>', fuse_unk=False)
+    self._bpe = tokenizers.Tokenizer(model)
+    self._bpe.pre_tokenizer = tokenizers.pre_tokenizers.Sequence([
+        tokenizers.pre_tokenizers.Split(tokenizers.Regex(_WORDS), behavior='removed',
+                                        invert=True),
+        tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    # open_clip reads these two written in a caption as the tokens themselves.
+    self._bpe.add_special_tokens([self.START, self.END])
+
+  def ids(self, texts) -> np.ndarray:
+    """int32 [N, max_len] for a sequence of str or UTF-8 bytes."""
+    texts = [clean(t.decode('utf-8', 'replace') if isinstance(t, bytes) else t) for t in texts]
+    out = np.zeros((len(texts), self.max_len), np.int32)
+    for row, encoding in enumerate(self._bpe.encode_batch(texts, add_special_tokens=False)):
+      ids = [self.start_id] + encoding.ids[:self.max_len - 2] + [self.end_id]
+      out[row, :len(ids)] = ids
+    return out
+
+  def __call__(self, texts):
+    if isinstance(texts, tf.Tensor):
+      ids = tf.numpy_function(lambda t: self.ids(t.tolist()), [tf.reshape(texts, [-1])],
+                              tf.int32, stateful=False)
+      ids = tf.ensure_shape(ids, [None, self.max_len])
+      if texts.shape.is_fully_defined():
+        return tf.reshape(ids, texts.shape.as_list() + [self.max_len])
+      return tf.reshape(ids, tf.concat([tf.shape(texts), [self.max_len]], 0))
+    if isinstance(texts, (str, bytes)):
+      return self.ids([texts])[0]
+    return self.ids(list(np.asarray(texts, object).reshape(-1)))
+
+
+TOKENIZERS = ('tf_bert', 'clip_bpe')
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_bpe(max_len: int) -> ClipBpeTokenizer:
+  return ClipBpeTokenizer(max_len)
+
+
+def from_config(config):
+  """The tokenizer of config.aug.txt: a callable on strings giving int32 ids [N, max_len]."""
   txt = config.aug.txt
   if txt.tokenizer not in TOKENIZERS:
     raise ValueError(f'config.aug.txt.tokenizer={txt.tokenizer!r}: expected one of '
-                     f'{TOKENIZERS} (BERT uncased WordPiece)')
+                     f'{TOKENIZERS} (BERT uncased WordPiece, CLIP byte-level BPE)')
+  if txt.tokenizer == 'clip_bpe':
+    if txt.max_len < 2:
+      raise ValueError(f'config.aug.txt.max_len={txt.max_len}: CLIP BPE needs at least 2 '
+                       'tokens (start and end of text)')
+    return _clip_bpe(txt.max_len)
   return BertTokenizer(txt.max_len, txt.cls_token, txt.sep_token)

@@ -1,6 +1,6 @@
 """Two towers, L2-normalised embeddings, learnable temperature and the contrastive loss."""
 
-from typing import Any
+from typing import Any, Tuple
 
 import flax.linen as nn
 import jax
@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from models import pixels
 from models.text import TextTower
 from models.vit import VisionTower
 
@@ -32,13 +33,17 @@ class Head(nn.Module):
 
 class CLIP(nn.Module):
   """A learnable logit scale starts at `init_logit_scale` and is clipped to
-  [0, max_logit_scale], as FLIP's; a fixed one is used as it is."""
+  [0, max_logit_scale], as FLIP's; a fixed one is used as it is. `pixel_mean` and
+  `pixel_std` are the statistics the image tower's inputs are normalised with
+  (`normalize_pixels`)."""
   image: VisionTower
   text: TextTower
   init_logit_scale: float = float(np.log(1 / 0.07))
   max_logit_scale: float = float(np.log(100.0))
   learn_logit_scale: bool = True
   head_dim: int = 0  # > 0 adds the projector and predictor of A-CLIP's auxiliary losses
+  pixel_mean: Tuple[float, ...] = pixels.MEAN_RGB
+  pixel_std: Tuple[float, ...] = pixels.STDDEV_RGB
 
   def setup(self):
     self.log_scale = self.param('logit_scale',
@@ -135,7 +140,8 @@ def from_config(config) -> CLIP:
   def regularisation(tower):
     return dict(dropout_rate=tower.transformer.dropout_rate,
                 attention_dropout_rate=tower.transformer.attention_dropout_rate,
-                droppath_rate=tower.transformer.droppath_rate)
+                droppath_rate=tower.transformer.droppath_rate,
+                activation=config.model.activation, norm_eps=config.model.norm_eps)
 
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
@@ -145,6 +151,7 @@ def from_config(config) -> CLIP:
       dtype=dtype, projection_bias=clr.proj_out_bias,
       pool=('cls' if not clr.img_avg_token else
             'mean' if clr.img_avg_with_cls else 'mean_patches'),
+      patch_bias=img.patch_bias, cls_position=img.cls_position, pre_norm=img.pre_norm,
       **regularisation(img))
   text = TextTower(
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
@@ -152,9 +159,16 @@ def from_config(config) -> CLIP:
       mlp_dim=txt.transformer.mlp_dim, embed_dim=clr.proj_dim_out,
       remat_policy=txt.transformer.remat_policy, scan_layers=config.model.scan_layers,
       dtype=dtype, mask_padding=txt.mask_padding, projection_bias=clr.proj_out_bias,
-      pool='mean' if clr.txt_avg_token else 'first', **regularisation(txt))
+      pool=txt.pool or ('mean' if clr.txt_avg_token else 'first'), causal=txt.causal,
+      **regularisation(txt))
   tau = clr.tau_init if clr.tau_learnable else clr.tau
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),
-              learn_logit_scale=clr.tau_learnable, head_dim=head_dim)
+              learn_logit_scale=clr.tau_learnable, head_dim=head_dim,
+              pixel_mean=tuple(config.aug.pixel_mean), pixel_std=tuple(config.aug.pixel_std))
+
+
+def normalize_pixels(model: CLIP, images):
+  """The input pipelines' uint8 pixels as `model`'s image tower reads them."""
+  return pixels.normalize(images, model.pixel_mean, model.pixel_std)
 

@@ -1,4 +1,5 @@
-"""Text tower: learned position embedding, bidirectional encoder, first-token or mean pooling."""
+"""Text tower: learned position embedding, an encoder (bidirectional as FLIP's or causal as
+open_clip's), first-token, mean or end-of-text pooling."""
 
 from typing import Any
 
@@ -12,9 +13,16 @@ Dtype = Any
 PAD_ID = 0
 
 
+POOLINGS = ('first', 'mean', 'argmax')
+
+
 class TextTower(nn.Module):
   """`mask_padding=False` is FLIP's tower: every token, padding included, is attended to and
-  averaged (`pool='mean'`); True keeps padding out of both."""
+  averaged (`pool='mean'`); True keeps padding out of both.
+
+  open_clip's tower is `causal` and pools at `argmax` of the token ids: its end-of-text id
+  is the largest in the vocabulary, so the argmax finds the caption's last token.
+  """
   vocab_size: int
   max_len: int
   hidden_size: int
@@ -31,14 +39,17 @@ class TextTower(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
+  causal: bool = False
+  activation: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, tokens, train=False):
     """`tokens` int [B, L] with L <= max_len, padded with PAD_ID."""
     if tokens.shape[1] > self.max_len:
       raise ValueError(f'text of {tokens.shape[1]} tokens exceeds max_len={self.max_len}')
-    if self.pool not in ('first', 'mean'):
-      raise ValueError(f"text pooling {self.pool!r}: expected 'first' or 'mean'")
+    if self.pool not in POOLINGS:
+      raise ValueError(f'text pooling {self.pool!r}: expected one of {POOLINGS}')
     x = nn.Embed(self.vocab_size, self.hidden_size, dtype=self.dtype, name='token_embedding',
                  embedding_init=logical(nn.initializers.normal(0.02), ('vocab', 'embed')))(tokens)
     pos = self.param('pos_embedding', logical(nn.initializers.normal(0.02), (None, None, 'embed')),
@@ -49,8 +60,14 @@ class TextTower(nn.Module):
                 scan_layers=self.scan_layers, dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 droppath_rate=self.droppath_rate, deterministic=not train,
+                activation=self.activation, norm_eps=self.norm_eps, causal=self.causal,
                 name='encoder')(x, key_mask=key_mask)
-    pooled = x[:, 0] if self.pool == 'first' else masked_mean(x, key_mask)
+    if self.pool == 'first':
+      pooled = x[:, 0]
+    elif self.pool == 'mean':
+      pooled = masked_mean(x, key_mask)
+    else:
+      pooled = jnp.take_along_axis(x, jnp.argmax(tokens, axis=1)[:, None, None], axis=1)[:, 0]
     embedding = nn.Dense(self.embed_dim, use_bias=self.projection_bias, dtype=self.dtype,
                          name='projection', kernel_init=logical(XAVIER, ('embed', 'joint')),
                          bias_init=logical(nn.initializers.zeros, ('joint',)))(pooled)

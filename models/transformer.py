@@ -28,6 +28,14 @@ XAVIER = nn.initializers.xavier_uniform()
 
 TOKENS = ('batch', 'length', 'embed')
 
+# The MLP's nonlinearity: FLIP's is Flax's tanh approximation, open_clip's the exact erf
+# GELU, and OpenAI's CLIP weights (open_clip's `-quickgelu` models) need x * sigmoid(1.702 x).
+ACTIVATIONS = {
+    'gelu_tanh': lambda x: nn.gelu(x, approximate=True),
+    'gelu': lambda x: nn.gelu(x, approximate=False),
+    'quick_gelu': lambda x: x * jax.nn.sigmoid(1.702 * x),
+}
+
 
 def logical(init, names):
   return nn.with_logical_partitioning(init, names)
@@ -69,7 +77,8 @@ class HeadsDense(nn.Module):
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with optional key padding.
+  """Multi-head self-attention; `mask` (broadcast to [B, heads, queries, keys]) is True where
+  a query may attend to a key.
 
   With `cls_attention`, also returns the attention of token 0 (the class token) to every
   other token, averaged over heads: [B, L - 1].
@@ -81,7 +90,7 @@ class Attention(nn.Module):
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, x, key_mask: Optional[jax.Array] = None):
+  def __call__(self, x, mask: Optional[jax.Array] = None):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f'hidden size {width} does not divide into {self.num_heads} heads')
@@ -95,8 +104,8 @@ class Attention(nn.Module):
                          for name in ('query', 'key', 'value'))
     logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(head_dim).astype(self.dtype)
     logits = logits.astype(jnp.float32)
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
     attended = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
     out = jnp.einsum('bhqk,bkhd->bqhd', attended, value)
@@ -112,6 +121,7 @@ class MlpBlock(nn.Module):
   dtype: Dtype = jnp.float32
   dropout_rate: float = 0.0
   deterministic: bool = True
+  activation: str = 'gelu_tanh'
 
   @nn.compact
   def __call__(self, x):
@@ -120,7 +130,7 @@ class MlpBlock(nn.Module):
     x = nn.Dense(self.mlp_dim, dtype=self.dtype,
                  kernel_init=logical(XAVIER, ('embed', 'mlp')),
                  bias_init=logical(nn.initializers.zeros, ('mlp',)))(x)
-    x = place(dropout(nn.gelu(x)), ('batch', 'length', 'mlp'))
+    x = place(dropout(ACTIVATIONS[self.activation](x)), ('batch', 'length', 'mlp'))
     x = nn.Dense(width, dtype=self.dtype, kernel_init=logical(XAVIER, ('mlp', 'embed')),
                  bias_init=logical(nn.initializers.zeros, ('embed',)))(x)
     return place(dropout(x), TOKENS)
@@ -135,15 +145,15 @@ def drop_path(module: nn.Module, x, rate, skip: bool):
   return jnp.where(keep, x / jnp.maximum(1.0 - rate, 1e-6).astype(x.dtype), 0).astype(x.dtype)
 
 
-def layer_norm(dtype, name=None):
-  return nn.LayerNorm(dtype=dtype, name=name,
+def layer_norm(dtype, name=None, epsilon=1e-6):
+  return nn.LayerNorm(epsilon=epsilon, dtype=dtype, name=name,
                       scale_init=logical(nn.initializers.ones, ('embed',)),
                       bias_init=logical(nn.initializers.zeros, ('embed',)))
 
 
 class EncoderBlock(nn.Module):
-  """One pre-LN block in nn.scan's form: (tokens, attention sum), key_mask, droppath rate
-  -> (same, None).
+  """One pre-LN block in nn.scan's form: (tokens, attention sum), attention mask, droppath
+  rate -> (same, None).
 
   With `cls_attention` the class token's attention to the other tokens, averaged over
   heads, is added to the running sum. Dropout follows FLIP: on the attention weights, after
@@ -157,13 +167,15 @@ class EncoderBlock(nn.Module):
   attention_dropout_rate: float = 0.0
   deterministic: bool = True
   droppath: bool = False  # whether droppath_rate may be non-zero (static)
+  activation: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
 
   @nn.compact
-  def __call__(self, carry, key_mask=None, droppath_rate=0.0):
+  def __call__(self, carry, mask=None, droppath_rate=0.0):
     x, attention_sum = carry
     attended = Attention(self.num_heads, self.dtype, self.cls_attention,
                          self.attention_dropout_rate, self.deterministic, name='attention')(
-                             layer_norm(self.dtype, 'norm_attention')(x), key_mask)
+                             layer_norm(self.dtype, 'norm_attention', self.norm_eps)(x), mask)
     if self.cls_attention:
       attended, cls_weights = attended
       attention_sum = attention_sum + cls_weights
@@ -171,7 +183,7 @@ class EncoderBlock(nn.Module):
     skip_droppath = self.deterministic or not self.droppath
     x = x + drop_path(self, attended, droppath_rate, skip_droppath)
     y = MlpBlock(self.mlp_dim, self.dtype, self.dropout_rate, self.deterministic,
-                 name='mlp')(layer_norm(self.dtype, 'norm_mlp')(x))
+                 self.activation, name='mlp')(layer_norm(self.dtype, 'norm_mlp', self.norm_eps)(x))
     x = x + drop_path(self, y, droppath_rate, skip_droppath)
     return (place(x, TOKENS), attention_sum), None
 
@@ -186,7 +198,8 @@ class Encoder(nn.Module):
   itself and can undo remat's saving (it does on CPU).
 
   With `cls_attention`, also returns the class token's attention to the other tokens,
-  averaged over heads and layers; a running sum, so no layer's map is kept.
+  averaged over heads and layers; a running sum, so no layer's map is kept. `causal` lets
+  each token attend only to itself and the tokens before it (open_clip's text tower).
   """
   num_layers: int
   num_heads: int
@@ -200,6 +213,9 @@ class Encoder(nn.Module):
   # Drop-path rate of the last block; block i gets droppath_rate * i / (num_layers - 1).
   droppath_rate: float = 0.0
   deterministic: bool = True  # False in training: dropout and drop-path apply
+  activation: str = 'gelu_tanh'  # a key of ACTIVATIONS
+  norm_eps: float = 1e-6  # LayerNorm epsilon (FLIP's 1e-6, open_clip's 1e-5)
+  causal: bool = False
 
   def droppath_rates(self):
     if self.num_layers == 1 or self.droppath_rate == 0:
@@ -211,13 +227,21 @@ class Encoder(nn.Module):
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f'remat_policy={self.remat_policy!r}: expected one of '
                        f'{sorted(REMAT_POLICIES)}')
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'activation={self.activation!r}: expected one of {sorted(ACTIVATIONS)}')
     block = EncoderBlock
     if self.remat_policy != 'none':
       # Within a scan the layers cannot be merged anyway, so CSE may stay on.
       block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy],
                        prevent_cse=not self.scan_layers)
     args = (self.num_heads, self.mlp_dim, self.dtype, self.cls_attention, self.dropout_rate,
-            self.attention_dropout_rate, self.deterministic, self.droppath_rate > 0)
+            self.attention_dropout_rate, self.deterministic, self.droppath_rate > 0,
+            self.activation, self.norm_eps)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if self.causal:
+      length = x.shape[1]
+      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
+      mask = causal if mask is None else mask & causal
     x = place(x, TOKENS)
     carry = (x, jnp.zeros(x.shape[:1] + (x.shape[1] - 1,) if self.cls_attention else (),
                           jnp.float32))
@@ -227,10 +251,10 @@ class Encoder(nn.Module):
                        split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast, 0), length=self.num_layers,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, _ = blocks(*args, name='blocks')(carry, key_mask, rates)
+      carry, _ = blocks(*args, name='blocks')(carry, mask, rates)
     else:
       for i in range(self.num_layers):
-        carry, _ = block(*args, name=f'block_{i:02d}')(carry, key_mask, rates[i])
+        carry, _ = block(*args, name=f'block_{i:02d}')(carry, mask, rates[i])
     x, total = carry
-    x = layer_norm(self.dtype, 'norm_out')(x)
+    x = layer_norm(self.dtype, 'norm_out', self.norm_eps)(x)
     return (x, total / self.num_layers) if self.cls_attention else x

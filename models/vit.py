@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.transformer import TOKENS, XAVIER, Encoder, logical, place
+from models.transformer import TOKENS, XAVIER, Encoder, layer_norm, logical, place
 
 Dtype = Any
 POOLINGS = ('mean', 'mean_patches', 'cls')
@@ -59,6 +59,10 @@ class VisionTower(nn.Module):
   `valid` [B, K] marks padding (False) that is excluded from attention and pooling.
   `pool`: `mean` averages every encoded token, the class token included (FLIP);
   `mean_patches` the patch tokens only; `cls` reads the class token.
+
+  FLIP's tower (the defaults) has a patch-embedding bias and a fixed table for the patches
+  only; open_clip's has no bias, a learned table whose row 0 is the class token's
+  (`cls_position`), and a LayerNorm before the encoder (`pre_norm`, open_clip's ln_pre).
   """
   patch_size: Sequence[int]
   hidden_size: int
@@ -75,6 +79,11 @@ class VisionTower(nn.Module):
   dropout_rate: float = 0.0
   attention_dropout_rate: float = 0.0
   droppath_rate: float = 0.0
+  patch_bias: bool = True
+  cls_position: bool = False
+  pre_norm: bool = False
+  activation: str = 'gelu_tanh'
+  norm_eps: float = 1e-6
 
   @nn.compact
   def __call__(self, images, keep_idx=None, valid=None, cls_attention=False, train=False):
@@ -82,8 +91,11 @@ class VisionTower(nn.Module):
     encoded patch [B, K] (to every patch in row-major order when keep_idx is None)."""
     if self.pool not in POOLINGS:
       raise ValueError(f'image pooling {self.pool!r}: expected one of {POOLINGS}')
+    if self.cls_position and self.sincos:
+      raise ValueError('a position for the class token needs a learned table (sincos=False)')
     x = nn.Conv(self.hidden_size, tuple(self.patch_size), strides=tuple(self.patch_size),
                 padding='VALID', dtype=self.dtype, name='patch_embedding',
+                use_bias=self.patch_bias,
                 kernel_init=logical(patch_kernel_init, (None, None, None, 'embed')),
                 bias_init=logical(nn.initializers.zeros, ('embed',)))(images.astype(self.dtype))
     batch, gh, gw, width = x.shape
@@ -93,20 +105,24 @@ class VisionTower(nn.Module):
     else:
       pos = self.param('pos_embedding',
                        logical(nn.initializers.normal(0.02), (None, None, 'embed')),
-                       (1, gh * gw, width))
+                       (1, int(self.cls_position) + gh * gw, width))
+    cls = self.param('cls', logical(nn.initializers.normal(0.02), (None, None, 'embed')),
+                     (1, 1, width)).astype(self.dtype)
+    if self.cls_position:
+      cls, pos = cls + pos[:, :1].astype(self.dtype), pos[:, 1:]
     x = x + pos.astype(self.dtype)
     if keep_idx is not None:
       x = gather_tokens(x, keep_idx)
-    cls = self.param('cls', logical(nn.initializers.normal(0.02), (None, None, 'embed')),
-                     (1, 1, width))
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (batch, 1, width)), x], 1)
+    x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width)), x], 1)
+    if self.pre_norm:
+      x = layer_norm(self.dtype, 'norm_pre', self.norm_eps)(x)
     key_mask = None
     if valid is not None:
       key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
                 cls_attention, self.scan_layers, self.dropout_rate,
                 self.attention_dropout_rate, self.droppath_rate, deterministic=not train,
-                name='encoder')(x, key_mask)
+                activation=self.activation, norm_eps=self.norm_eps, name='encoder')(x, key_mask)
     if cls_attention:
       x, attention = x
     if self.pool == 'mean':

@@ -74,7 +74,7 @@ def micro_config(demo_dir, **overrides):
   return config
 
 
-def main_command(workdir, demo_dir, *overrides):
+def main_command(workdir, demo_dir, *overrides, config_file='configs/tiny.py'):
   """`python main.py` with the micro model on the demo data; run from ROOT."""
   config = micro_config(demo_dir)
   flags = [f'--config.laion_path={config.laion_path}',
@@ -89,7 +89,7 @@ def main_command(workdir, demo_dir, *overrides):
               f'--config.model.{tower}.transformer.mlp_dim=64',
               f'--config.model.{tower}.transformer.num_heads=2',
               f'--config.model.{tower}.transformer.num_layers=1']
-  return [sys.executable, 'main.py', f'--workdir={workdir}', '--config=configs/tiny.py',
+  return [sys.executable, 'main.py', f'--workdir={workdir}', f'--config={config_file}',
           *flags, *overrides]
 
 

@@ -71,7 +71,8 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
   os.makedirs(out_dir, exist_ok=True)
   grid_hw = masking.grid_of(config)
   images = demo_images(config, examples)
-  pool = pixels.normalize(jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws])
+  pool = pixels.normalize(jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws],
+                          *pixels.of_config(config))
   scores = teacher_scores(config, pool, checkpoint)
   cluster = config.model.model_img.masking
   if cluster.calibrate:

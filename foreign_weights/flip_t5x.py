@@ -17,6 +17,7 @@ from flax import serialization
 import numpy as np
 import tensorstore as ts
 
+from foreign_weights import layout
 from models.vit import sincos_2d
 
 CHECKPOINT_FILE = 'checkpoint'
@@ -117,21 +118,6 @@ def _our_name(flip_name: str) -> str:
   return '/'.join([tower] + rest)
 
 
-def _stack_blocks(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-  """block_00, block_01, ... -> one `blocks` entry per parameter, layers stacked first."""
-  stacked, layers = {}, {}
-  for name, value in flat.items():
-    match = re.fullmatch(r'(.*/encoder)/block_(\d+)/(.*)', name)
-    if match:
-      layers.setdefault(f'{match.group(1)}/blocks/{match.group(3)}', {})[
-          int(match.group(2))] = value
-    else:
-      stacked[name] = value
-  for name, by_layer in layers.items():
-    stacked[name] = np.stack([by_layer[i] for i in sorted(by_layer)])
-  return stacked
-
-
 def _fit_image_positions(table: np.ndarray, target_shape, source: str):
   """FLIP stores its fixed sin-cos table as a (1, 1 + N, D) parameter, row 0 (zeros) for the
   class token. A sin-cos tower recomputes it (checked); a learned one takes rows 1.."""
@@ -164,8 +150,8 @@ def load(path: str, target_shapes: Dict[str, tuple]) -> Dict[str, np.ndarray]:
       if value is None:
         continue
     ours[mine] = value
-  if any('/blocks/' in name for name in target_shapes):
-    ours = _stack_blocks(ours)
+  if layout.is_scanned(target_shapes):
+    ours = layout.stack_blocks(ours)
   fitted = {}
   for name, value in ours.items():
     want = target_shapes.get(name)

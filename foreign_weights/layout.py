@@ -1,0 +1,42 @@
+"""Moving flat parameter dicts ({'image/encoder/block_00/...': array}) between the unrolled
+layout (one entry per block) and nn.scan's (`encoder/blocks/...`, layers stacked first)."""
+
+import re
+from typing import Dict
+
+import numpy as np
+
+_UNROLLED = re.compile(r'(.*/encoder)/block_(\d+)/(.*)')
+_SCANNED = re.compile(r'(.*/encoder)/blocks/(.*)')
+
+
+def is_scanned(names) -> bool:
+  return any('/blocks/' in name for name in names)
+
+
+def stack_blocks(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """block_00, block_01, ... -> one `blocks` entry per parameter, layers stacked first."""
+  stacked, layers = {}, {}
+  for name, value in flat.items():
+    match = _UNROLLED.fullmatch(name)
+    if match:
+      layers.setdefault(f'{match.group(1)}/blocks/{match.group(3)}', {})[
+          int(match.group(2))] = value
+    else:
+      stacked[name] = value
+  for name, by_layer in layers.items():
+    stacked[name] = np.stack([by_layer[i] for i in sorted(by_layer)])
+  return stacked
+
+
+def unstack_blocks(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """The inverse of stack_blocks: `blocks` entries split into block_00, block_01, ..."""
+  unrolled = {}
+  for name, value in flat.items():
+    match = _SCANNED.fullmatch(name)
+    if not match:
+      unrolled[name] = value
+      continue
+    for i, layer in enumerate(np.asarray(value)):
+      unrolled[f'{match.group(1)}/block_{i:02d}/{match.group(2)}'] = layer
+  return unrolled

@@ -1,0 +1,86 @@
+"""open_clip's own code, run in a process of its own, as the reference for the tests.
+
+torch, torchvision and open_clip are imported here and nowhere in the test process: imported
+after TensorFlow, open_clip's imports crash the process. Each command reads and writes numpy
+files:
+
+  python tests/open_clip_reference.py make --model=ViT-B-16 --out=DIR
+      a randomly initialised open_clip model with every parameter perturbed (so that each
+      gain and bias matters), saved as DIR/epoch_1.pt (a training checkpoint, DDP's module.
+      prefixes) and as DIR/hf/ (open_clip_config.json + open_clip_model.safetensors)
+  python tests/open_clip_reference.py embed --model=local-dir:DIR --inputs=IN.npz --out=OUT.npz
+      L2-normalised image and text embeddings of IN's `pixels` (normalised, [B, H, W, 3]) and
+      `tokens` ([N, L] ids)
+  python tests/open_clip_reference.py tokenize --captions=CAPTIONS.json --out=OUT.npz
+      open_clip's token ids for each caption ([N, 77])
+"""
+
+import argparse
+import json
+import os
+
+import numpy as np
+
+
+def make(args):
+  import open_clip  # pylint: disable=g-import-not-at-top
+  from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(args.seed)
+  model = open_clip.create_model(args.model, pretrained=None)
+  with torch.no_grad():
+    for param in model.parameters():
+      param.add_(0.02 * torch.randn_like(param))
+  state = model.state_dict()
+  os.makedirs(os.path.join(args.out, 'hf'), exist_ok=True)
+  optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+  torch.save({'epoch': 1, 'name': 'reference', 'optimizer': optimizer.state_dict(),
+              'state_dict': {f'module.{k}': v for k, v in state.items()}},
+             os.path.join(args.out, 'epoch_1.pt'))
+  save_file({k: v.contiguous() for k, v in state.items()},
+            os.path.join(args.out, 'hf', 'open_clip_model.safetensors'))
+  config = {'model_cfg': open_clip.get_model_config(args.model),
+            'preprocess_cfg': {'mean': list(open_clip.OPENAI_DATASET_MEAN),
+                               'std': list(open_clip.OPENAI_DATASET_STD),
+                               'size': 224, 'interpolation': 'bicubic',
+                               'resize_mode': 'shortest'}}
+  with open(os.path.join(args.out, 'hf', 'open_clip_config.json'), 'w') as f:
+    json.dump(config, f)
+
+
+def embed(args):
+  import open_clip  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  model = open_clip.create_model(args.model, pretrained=None)
+  model.eval()
+  inputs = np.load(args.inputs)
+  with torch.no_grad():
+    pixels = torch.from_numpy(inputs['pixels']).permute(0, 3, 1, 2).contiguous()
+    images = model.encode_image(pixels, normalize=True).numpy()
+    texts = model.encode_text(torch.from_numpy(inputs['tokens']).long(),
+                              normalize=True).numpy()
+  np.savez(args.out, images=images, texts=texts)
+
+
+def tokenize(args):
+  import open_clip  # pylint: disable=g-import-not-at-top
+  with open(args.captions) as f:
+    captions = json.load(f)
+  tokenizer = open_clip.get_tokenizer('ViT-B-16')
+  np.savez(args.out, ids=tokenizer(captions).numpy())
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('command', choices=('make', 'embed', 'tokenize'))
+  parser.add_argument('--model', default='ViT-B-16')
+  parser.add_argument('--out', required=True)
+  parser.add_argument('--seed', type=int, default=0)
+  parser.add_argument('--inputs')
+  parser.add_argument('--captions')
+  args = parser.parse_args()
+  {'make': make, 'embed': embed, 'tokenize': tokenize}[args.command](args)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,273 @@
+"""open_clip's CLIP here, checked against open_clip's own code: its tokenizer's ids, its
+checkpoints loaded, this project's checkpoints exported and opened by open_clip, and
+CLIP_benchmark's command on an export. open_clip runs in processes of its own
+(tests/open_clip_reference.py)."""
+
+import json
+import os
+import pickle
+import string
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import checkpoints
+from configs import default
+from configs import openclip_vit_b16
+from foreign_weights import open_clip_state
+from input_pipeline import tokenizer as tokenizer_lib
+from models import clip
+from tests.conftest import ROOT, main_command, metrics_rows, micro_config
+from tools import export_open_clip
+
+HARD_CAPTIONS = [
+    '', '   \t\n  ', 'a photo of a cat.', 'A Photo OF a Cat', "it's what they've said, I'd",
+    'caf\u00e9 na\u00efve \u00fcber \u00c5ngstr\u00f6m', 'cafÃ© mojibake â€œquotedâ€\x9d',
+    '\u201ccurly\u201d \u2018quotes\u2019 \u2014 dash\u2026', 'AT&amp;T &lt;b&gt;bold&lt;/b&gt;',
+    '&amp;amp;amp; twice', 'fish &amp chips', '\u732b\u304c\u597d\u304d \u4e2d\u6587 \ud55c\uad6d\uc5b4',
+    'emoji \U0001F431\U0001F436 \u2764\ufe0f', 'ligature \ufb01sh \ufb02ow', '\uff26\uff55\uff4c\uff4c width',
+    'tab\tnew\nline\r\nreturn', 'vertical\x0btab form\x0cfeed', 'nul\x00char bell\x07',
+    'escape \x1b[31mred\x1b[0m', 'literal <start_of_text> and <end_of_text> tokens',
+    '1234567890 3.14159 1,000,000', 'snake_case camelCase kebab-case', 'a' * 300,
+    ' '.join(['the quick brown fox jumps over the lazy dog'] * 12),
+]
+
+
+def reference(*args):
+  """Runs tests/open_clip_reference.py; its stderr is shown when it fails."""
+  result = subprocess.run([sys.executable, os.path.join(ROOT, 'tests', 'open_clip_reference.py'),
+                           *map(str, args)], capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def open_clip_ids(tmp_path, captions):
+  with open(tmp_path / 'captions.json', 'w') as f:
+    json.dump(captions, f)
+  reference('tokenize', f'--captions={tmp_path / "captions.json"}', f'--out={tmp_path / "ids.npz"}')
+  return np.load(tmp_path / 'ids.npz')['ids']
+
+
+def test_clip_bpe_gives_open_clips_ids(tmp_path):
+  rng = np.random.default_rng(0)
+  alphabet = list(string.printable) + ['&amp;', '&#39;', '\x0b', '\x7f', '\x1b']
+  fuzz = [''.join(rng.choice(alphabet, rng.integers(0, 40))) for _ in range(300)]
+  captions = HARD_CAPTIONS + fuzz
+  want = open_clip_ids(tmp_path, captions)
+  tokenize = tokenizer_lib.from_config(openclip_vit_b16.get_config())
+  ours = np.asarray(tokenize(captions))
+  assert ours.dtype == np.int32 and ours.shape == (len(captions), 77)
+  for caption, got, expected in zip(captions, ours, want):
+    np.testing.assert_array_equal(got, expected, err_msg=repr(caption))
+  # As the input pipeline runs it: a batch of UTF-8 strings inside a tf.data map.
+  batches = tf.data.Dataset.from_tensor_slices(captions).batch(64).map(tokenize)
+  np.testing.assert_array_equal(np.concatenate(list(batches.as_numpy_iterator())), want)
+  assert tokenize('a photo').shape == (77,)
+  # Over 77 tokens: truncated, the end-of-text token kept last.
+  long_row = ours[captions.index(HARD_CAPTIONS[-1])]
+  assert long_row[0] == 49406 and long_row[-1] == 49407 and 0 not in long_row
+
+
+def test_both_tokenizers_map_a_list_to_int32_ids(demo_dir):
+  for config in (micro_config(demo_dir), openclip_vit_b16.get_config()):
+    ids = np.asarray(tokenizer_lib.from_config(config)(['a red circle', 'two']))
+    assert ids.dtype == np.int32 and ids.shape == (2, config.aug.txt.max_len)
+
+
+# --- open_clip's ViT-B-16 checkpoints, loaded ----------------------------------------------
+
+@pytest.fixture(scope='module')
+def open_clip_b16(tmp_path_factory):
+  """open_clip's ViT-B-16 (random, perturbed) saved both ways, and its embeddings of two
+  images and three hard captions."""
+  out = tmp_path_factory.mktemp('open_clip_b16')
+  reference('make', '--model=ViT-B-16', f'--out={out}')
+  config = openclip_vit_b16.get_config()
+  rng = np.random.default_rng(1)
+  inputs = {'pixels': rng.standard_normal((2, 224, 224, 3)).astype(np.float32),
+            'tokens': np.asarray(tokenizer_lib.from_config(config)(HARD_CAPTIONS[5:8]))}
+  np.savez(out / 'inputs.npz', **inputs)
+  reference('embed', f'--model=local-dir:{out / "hf"}', f'--inputs={out / "inputs.npz"}',
+            f'--out={out / "embeddings.npz"}')
+  return out, config, inputs, dict(np.load(out / 'embeddings.npz'))
+
+
+def init_params(model, inputs):
+  return jax.jit(lambda: nn.unbox(model.init(
+      jax.random.PRNGKey(0), inputs['pixels'][:1], inputs['tokens'][:1]))['params'])()
+
+
+def embeddings(model, params, inputs):
+  encode = jax.jit(lambda p, x, t: (
+      model.apply({'params': p}, x, method=clip.CLIP.encode_image),
+      model.apply({'params': p}, t, method=clip.CLIP.encode_text)))
+  return tuple(np.asarray(z) for z in encode(params, inputs['pixels'], inputs['tokens']))
+
+
+@pytest.mark.parametrize('form', ['epoch_1.pt', 'hf', 'hf/open_clip_model.safetensors'])
+def test_open_clip_checkpoints_load_and_embed_as_open_clip(open_clip_b16, form):
+  out, config, inputs, want = open_clip_b16
+  model = clip.from_config(config)
+  params = checkpoints.load_pretrained_params(str(out / form), init_params(model, inputs))
+  images, texts = embeddings(model, params, inputs)
+  np.testing.assert_allclose(images, want['images'], atol=2e-4, rtol=0)
+  np.testing.assert_allclose(texts, want['texts'], atol=2e-4, rtol=0)
+
+
+def test_loading_refuses_what_does_not_fit_and_names_it(open_clip_b16, tmp_path, monkeypatch):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  out, config, inputs, _ = open_clip_b16
+  state = open_clip_state.read_state_dict(str(out / 'hf'))
+  params = init_params(clip.from_config(config), inputs)
+  extra = dict(state, **{'visual.head.weight': np.zeros((2, 2), np.float32)})
+  save_file(extra, str(tmp_path / 'extra.safetensors'))
+  with pytest.raises(ValueError, match=r'visual\.head\.weight'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'extra.safetensors'), params)
+  del state['ln_final.bias']
+  save_file(state, str(tmp_path / 'missing.safetensors'))
+  with pytest.raises(ValueError, match=r'missing \[\'text/encoder/norm_out/bias\'\]'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'missing.safetensors'), params)
+  narrow = openclip_vit_b16.get_config()
+  narrow.model.clr.proj_dim_out = 256
+  with pytest.raises(ValueError, match=r'image/projection/kernel has shape \(768, 512\) in the '
+                     r'checkpoint but \(768, 256\)'):
+    checkpoints.load_pretrained_params(str(out / 'hf'),
+                                       init_params(clip.from_config(narrow), inputs))
+  # A pickle that holds more than tensors is not run, and says so in one line.
+  with open(tmp_path / 'code.pt', 'wb') as f:
+    pickle.dump({'state_dict': {}, 'hook': ValueError('ran')}, f)
+  with pytest.raises(ValueError, match='weights_only'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'code.pt'), params)
+  # Without torch, a .pt says how to install it; a .safetensors needs no torch.
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(ValueError, match='pip install torch'):
+    checkpoints.load_pretrained_params(str(out / 'epoch_1.pt'), params)
+  checkpoints.load_pretrained_params(str(out / 'hf'), params)
+
+
+def test_position_tables_are_resampled_onto_another_grid(open_clip_b16):
+  out, config, inputs, _ = open_clip_b16
+  config.image_size = 160  # a 10 x 10 grid instead of 14 x 14
+  small = dict(inputs, pixels=inputs['pixels'][:, :160, :160])
+  params = checkpoints.load_pretrained_params(
+      str(out / 'hf'), init_params(clip.from_config(config), small))
+  table = np.asarray(params['image']['pos_embedding'])
+  original = open_clip_state.read_state_dict(str(out / 'hf'))['visual.positional_embedding']
+  assert table.shape == (1, 101, 768)
+  np.testing.assert_array_equal(table[0, 0], original[0])  # the class token's row is kept
+
+
+# --- this project's checkpoints, exported ----------------------------------------------------
+
+@pytest.fixture(scope='module')
+def open_clip_run(demo_dir, tmp_path_factory):
+  """A micro open_clip-family model trained here on the demo data (configs/tiny_openclip.py)."""
+  workdir = tmp_path_factory.mktemp('open_clip_run')
+  result = subprocess.run(main_command(workdir, demo_dir, '--config.total_steps=30',
+                                       config_file='configs/tiny_openclip.py'),
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def micro_inputs(config, count=3):
+  rng = np.random.default_rng(2)
+  size = config.image_size
+  return {'pixels': rng.standard_normal((count, size, size, 3)).astype(np.float32),
+          'tokens': np.asarray(tokenizer_lib.from_config(config)(
+              ['a red circle on teal', 'two small crosses', HARD_CAPTIONS[6]][:count]))}
+
+
+def open_clip_embeddings(export_dir, inputs, tmp_path):
+  np.savez(tmp_path / 'inputs.npz', **inputs)
+  reference('embed', f'--model=local-dir:{export_dir}', f'--inputs={tmp_path / "inputs.npz"}',
+            f'--out={tmp_path / "embeddings.npz"}')
+  return np.load(tmp_path / 'embeddings.npz')
+
+
+def test_a_run_exported_opens_in_open_clip_with_the_same_embeddings(open_clip_run, tmp_path):
+  export_dir = tmp_path / 'export'
+  result = subprocess.run([sys.executable, '-m', 'tools.export_open_clip',
+                           f'--checkpoint={open_clip_run}', f'--out={export_dir}'],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(export_dir / 'open_clip_config.json') as f:
+    written = json.load(f)
+  assert written['preprocess_cfg']['mean'] == list(default.OPENAI_MEAN)
+  assert written['model_cfg']['text_cfg']['context_length'] == 16
+  config = export_open_clip.run_config_of(checkpoints.latest_step_dir(str(open_clip_run)))
+  model = clip.from_config(config)
+  inputs = micro_inputs(config)
+  params = checkpoints.load_pretrained_params(str(open_clip_run), init_params(model, inputs))
+  want = open_clip_embeddings(export_dir, inputs, tmp_path)
+  images, texts = embeddings(model, params, inputs)
+  np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
+  # The export read back here is the same model.
+  again = checkpoints.load_pretrained_params(str(export_dir), init_params(model, inputs))
+  np.testing.assert_allclose(embeddings(model, again, inputs)[0], images, atol=1e-6)
+
+
+def flip_family(demo_dir, **overrides):
+  """A micro FLIP-tower config: sin-cos positions, patch bias, tanh GELU, epsilon 1e-6,
+  first-token text pooling without a causal mask."""
+  config = micro_config(demo_dir, **{'model.model_txt.mask_padding': False,
+                                     'model.clr.img_avg_with_cls': False, **overrides})
+  config.aug.txt.cls_token = True
+  return config
+
+
+@pytest.mark.parametrize('pooling', ['mean_patches', 'cls'])
+def test_flip_towers_export_what_open_clip_expresses(demo_dir, tmp_path, pooling):
+  config = flip_family(demo_dir, **{'model.clr.img_avg_token': pooling == 'mean_patches'})
+  model = clip.from_config(config)
+  inputs = micro_inputs(micro_config(demo_dir))
+  params = init_params(model, inputs)
+  # Non-zero biases and gains, so that folding the patch bias into the table is checked.
+  params = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(3).standard_normal(
+      p.shape).astype(np.float32), params)
+  open_clip_state.export(params, config, str(tmp_path / 'export'))
+  want = open_clip_embeddings(tmp_path / 'export', inputs, tmp_path)
+  images, texts = embeddings(model, params, inputs)
+  np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
+  np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('field, value, named', [
+    ('model.clr.img_avg_with_cls', True, 'config.model.clr.img_avg_with_cls=True'),
+    ('model.model_txt.mask_padding', True, 'config.model.model_txt.mask_padding=True'),
+    ('model.clr.txt_avg_token', True, 'config.model.clr.txt_avg_token'),
+])
+def test_what_open_clip_cannot_express_is_refused_naming_the_field(demo_dir, tmp_path, field,
+                                                                   value, named):
+  config = flip_family(demo_dir, **{field: value})
+  params = init_params(clip.from_config(config), micro_inputs(micro_config(demo_dir)))
+  with pytest.raises(open_clip_state.ExportError, match=named.replace('.', r'\.')):
+    open_clip_state.export(params, config, str(tmp_path / 'export'))
+  assert not (tmp_path / 'export').exists()
+
+
+def test_clip_benchmark_on_an_export_gives_the_projects_retrieval_numbers(
+    open_clip_run, demo_dir, tmp_path):
+  export_open_clip.export(str(open_clip_run), str(tmp_path / 'export'))
+  result = subprocess.run(
+      [os.path.join(os.path.dirname(sys.executable), 'clip_benchmark'), 'eval',
+       '--model', f'local-dir:{tmp_path / "export"}', '--pretrained', 'none',
+       '--dataset', 'wds/demo_retrieval', '--dataset_root', str(demo_dir / 'wds_retrieval'),
+       '--task', 'zeroshot_retrieval', '--recall_k', '1', '5', '10', '--batch_size', '16',
+       '--num_workers', '0', '--output', str(tmp_path / 'result.json')],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / 'result.json') as f:
+    theirs = json.load(f)['metrics']
+  ours = [row for row in metrics_rows(open_clip_run) if 'retrieval/images' in row][-1]
+  for k in (1, 5, 10):
+    for kind in ('image', 'text'):
+      name = f'{kind}_retrieval_recall@{k}'
+      # 24 images: one image or caption ranked otherwise (JPEG decoders differ by a grey
+      # level here and there) moves a recall by 1/24.
+      assert abs(theirs[name] - ours[f'retrieval/{name}']) <= 1 / 24 + 1e-6, (name, theirs, ours)
