@@ -5,6 +5,9 @@ Writes, under --out:
   train_tar/NNNNN.tar         the same pairs as webdataset shards (with --formats=...,tar)
   zeroshot/COLOR_shape_on_BACKGROUND/*.jpg
                               held-out images, one folder per class, for zero-shot eval
+  wds_zeroshot/test/N.tar     the zero-shot images again (<key>.jpg + <key>.cls), with
+                              classnames.txt and zeroshot_classification_templates.txt, in
+                              CLIP_benchmark's classification layout
   wds_retrieval/test/N.tar    held-out captioned images for retrieval, in CLIP_benchmark's
                               webdataset layout (<key>.jpg + <key>.txt, test/nshards.txt,
                               dataset_type.txt), which `clip_benchmark eval` reads as it is
@@ -24,6 +27,8 @@ from absl import app
 from absl import flags
 import numpy as np
 from PIL import Image, ImageDraw
+
+from input_pipeline import eval_data
 
 COLORS = {
     'red': (220, 40, 40), 'green': (40, 170, 60), 'blue': (40, 80, 225),
@@ -135,6 +140,29 @@ def write_shards(out_dir, pairs, num_shards, formats, image_size):
           _add_to_tar(tar, f'{key}.json', json.dumps({'key': key, 'caption': txt}).encode())
 
 
+def _finish_wds_layout(out_dir, num_shards, dataset_type):
+  with open(os.path.join(out_dir, 'test', 'nshards.txt'), 'w') as f:
+    f.write(f'{num_shards}\n')
+  with open(os.path.join(out_dir, 'dataset_type.txt'), 'w') as f:
+    f.write(f'{dataset_type}\n')
+
+
+def write_classification_set(out_dir, examples, classnames, templates, num_shards=2):
+  """Labelled images in CLIP_benchmark's full webdataset layout for classification:
+  (key, jpg, label) examples, class names and templates (with `{c}`) beside the shards."""
+  os.makedirs(os.path.join(out_dir, 'test'), exist_ok=True)
+  for shard in range(num_shards):
+    with tarfile.open(os.path.join(out_dir, 'test', f'{shard}.tar'), 'w') as tar:
+      for key, jpg, label in examples[shard::num_shards]:
+        _add_to_tar(tar, f'{key}.jpg', jpg)
+        _add_to_tar(tar, f'{key}.cls', f'{label}'.encode())
+  with open(os.path.join(out_dir, 'classnames.txt'), 'w') as f:
+    f.write(''.join(f'{name}\n' for name in classnames))
+  with open(os.path.join(out_dir, 'zeroshot_classification_templates.txt'), 'w') as f:
+    f.write(''.join(f'{t}\n' for t in templates))
+  _finish_wds_layout(out_dir, num_shards, 'classification')
+
+
 def write_retrieval_set(out_dir, pairs, num_shards=2):
   """Held-out captioned images in CLIP_benchmark's full webdataset layout (wds:OUT_DIR):
   shards 0..N-1 with N in nshards.txt, and `retrieval` in dataset_type.txt."""
@@ -144,10 +172,7 @@ def write_retrieval_set(out_dir, pairs, num_shards=2):
       for key, jpg, txt in pairs[shard::num_shards]:
         _add_to_tar(tar, f'{key}.jpg', jpg)
         _add_to_tar(tar, f'{key}.txt', txt.encode())
-  with open(os.path.join(out_dir, 'test', 'nshards.txt'), 'w') as f:
-    f.write(f'{num_shards}\n')
-  with open(os.path.join(out_dir, 'dataset_type.txt'), 'w') as f:
-    f.write('retrieval\n')
+  _finish_wds_layout(out_dir, num_shards, 'retrieval')
 
 
 def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,
@@ -165,13 +190,18 @@ def generate(out_dir, *, num_train=20000, num_eval_per_class=25, num_shards=8,
     pairs.append((f'{i:09d}', jpg, txt))
   write_shards(out_dir, pairs, num_shards, formats, image_size)
   eval_rng = np.random.RandomState(seed + 1_000_003)  # held out: a stream training never sees
-  for color, bg_name in CLASSES:
+  labelled = []
+  for label, (color, bg_name) in enumerate(CLASSES):
     folder = os.path.join(out_dir, 'zeroshot', f'{color}_shape_on_{bg_name}')
     os.makedirs(folder, exist_ok=True)
     for i in range(num_eval_per_class):
       jpg, _ = render(eval_rng, color, bg_name, image_size)
       with open(os.path.join(folder, f'{i:05d}.jpg'), 'wb') as f:
         f.write(jpg)
+      labelled.append((f'z{label:02d}_{i:05d}', jpg, label))
+  write_classification_set(os.path.join(out_dir, 'wds_zeroshot'), labelled,
+                           [f'{color} shape on {bg}' for color, bg in CLASSES],
+                           [t.replace('{}', '{c}') for t in eval_data.templates('short7')])
   # Retrieval over captions that name shape, size, colour and background: harder than the
   # 32 colour-on-background classes, which a demo run nearly saturates.
   retrieval = []

@@ -8,21 +8,28 @@ files:
       a randomly initialised open_clip model with every parameter perturbed (so that each
       gain and bias matters), saved as DIR/epoch_1.pt (a training checkpoint, DDP's module.
       prefixes) and as DIR/hf/ (open_clip_config.json + open_clip_model.safetensors)
-  python tests/open_clip_reference.py embed --model=local-dir:DIR --inputs=IN.npz --out=OUT.npz
+  python tests/open_clip_reference.py embed --model local-dir:DIR... --inputs=IN.npz \
+      --out OUT.npz...
       L2-normalised image and text embeddings of IN's `pixels` (normalised, [B, H, W, 3]) and
-      `tokens` ([N, L] ids)
+      `tokens` ([N, L] ids), by each model in turn (one process: open_clip imports slowly)
   python tests/open_clip_reference.py tokenize --captions=CAPTIONS.json --out=OUT.npz
       open_clip's token ids for each caption ([N, 77])
+  python tests/open_clip_reference.py clip_benchmark eval ARGS...
+      CLIP_benchmark's own command line. Its top-k accuracy converts a one-element array to a
+      float, which numpy 2.4 refuses (CLIP_benchmark issue 147, open): the same count is
+      taken as a scalar; nothing else is changed.
 """
 
 import argparse
 import json
 import os
+import sys
 
 import numpy as np
 
 
 def make(args):
+  args.model, args.out = args.model[0], args.out[0]
   import open_clip  # pylint: disable=g-import-not-at-top
   from safetensors.torch import save_file  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -51,18 +58,20 @@ def make(args):
 def embed(args):
   import open_clip  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  model = open_clip.create_model(args.model, pretrained=None)
-  model.eval()
   inputs = np.load(args.inputs)
-  with torch.no_grad():
-    pixels = torch.from_numpy(inputs['pixels']).permute(0, 3, 1, 2).contiguous()
-    images = model.encode_image(pixels, normalize=True).numpy()
-    texts = model.encode_text(torch.from_numpy(inputs['tokens']).long(),
-                              normalize=True).numpy()
-  np.savez(args.out, images=images, texts=texts)
+  for name, out in zip(args.model, args.out, strict=True):
+    model = open_clip.create_model(name, pretrained=None)
+    model.eval()
+    with torch.no_grad():
+      pixels = torch.from_numpy(inputs['pixels']).permute(0, 3, 1, 2).contiguous()
+      images = model.encode_image(pixels, normalize=True).numpy()
+      texts = model.encode_text(torch.from_numpy(inputs['tokens']).long(),
+                                normalize=True).numpy()
+    np.savez(out, images=images, texts=texts)
 
 
 def tokenize(args):
+  args.out = args.out[0]
   import open_clip  # pylint: disable=g-import-not-at-top
   with open(args.captions) as f:
     captions = json.load(f)
@@ -70,11 +79,29 @@ def tokenize(args):
   np.savez(args.out, ids=tokenizer(captions).numpy())
 
 
+def _top_k_accuracy(logits, target, topk=(1,)):
+  """CLIP_benchmark's accuracy(): the share of rows whose target is among the top k."""
+  predicted = logits.topk(max(topk), 1, True, True)[1].t()
+  correct = predicted.eq(target.view(1, -1).expand_as(predicted))
+  return [correct[:k].reshape(-1).float().sum().item() / len(target) for k in topk]
+
+
+def clip_benchmark(argv):
+  from clip_benchmark import cli  # pylint: disable=g-import-not-at-top
+  from clip_benchmark.metrics import zeroshot_classification  # pylint: disable=g-import-not-at-top
+  zeroshot_classification.accuracy = _top_k_accuracy
+  sys.argv = ['clip_benchmark'] + argv
+  cli.main()
+
+
 def main():
+  if sys.argv[1:2] == ['clip_benchmark']:
+    clip_benchmark(sys.argv[2:])
+    return
   parser = argparse.ArgumentParser()
   parser.add_argument('command', choices=('make', 'embed', 'tokenize'))
-  parser.add_argument('--model', default='ViT-B-16')
-  parser.add_argument('--out', required=True)
+  parser.add_argument('--model', nargs='+', default=['ViT-B-16'])
+  parser.add_argument('--out', nargs='+', required=True)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--inputs')
   parser.add_argument('--captions')

@@ -17,12 +17,13 @@ import pytest
 import tensorflow as tf
 
 import checkpoints
+import train
 from configs import default
 from configs import openclip_vit_b16
 from foreign_weights import open_clip_state
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
-from tests.conftest import ROOT, main_command, metrics_rows, micro_config
+from tests.conftest import ROOT, main_command, micro_config
 from tools import export_open_clip
 
 HARD_CAPTIONS = [
@@ -48,7 +49,7 @@ def reference(*args):
 def open_clip_ids(tmp_path, captions):
   with open(tmp_path / 'captions.json', 'w') as f:
     json.dump(captions, f)
-  reference('tokenize', f'--captions={tmp_path / "captions.json"}', f'--out={tmp_path / "ids.npz"}')
+  reference('tokenize', f'--captions={tmp_path / "captions.json"}', '--out', tmp_path / 'ids.npz')
   return np.load(tmp_path / 'ids.npz')['ids']
 
 
@@ -85,14 +86,14 @@ def open_clip_b16(tmp_path_factory):
   """open_clip's ViT-B-16 (random, perturbed) saved both ways, and its embeddings of two
   images and three hard captions."""
   out = tmp_path_factory.mktemp('open_clip_b16')
-  reference('make', '--model=ViT-B-16', f'--out={out}')
+  reference('make', '--model', 'ViT-B-16', '--out', out)
   config = openclip_vit_b16.get_config()
   rng = np.random.default_rng(1)
   inputs = {'pixels': rng.standard_normal((2, 224, 224, 3)).astype(np.float32),
             'tokens': np.asarray(tokenizer_lib.from_config(config)(HARD_CAPTIONS[5:8]))}
   np.savez(out / 'inputs.npz', **inputs)
-  reference('embed', f'--model=local-dir:{out / "hf"}', f'--inputs={out / "inputs.npz"}',
-            f'--out={out / "embeddings.npz"}')
+  reference('embed', '--model', f'local-dir:{out / "hf"}', f'--inputs={out / "inputs.npz"}',
+            '--out', out / 'embeddings.npz')
   return out, config, inputs, dict(np.load(out / 'embeddings.npz'))
 
 
@@ -108,7 +109,7 @@ def embeddings(model, params, inputs):
   return tuple(np.asarray(z) for z in encode(params, inputs['pixels'], inputs['tokens']))
 
 
-@pytest.mark.parametrize('form', ['epoch_1.pt', 'hf', 'hf/open_clip_model.safetensors'])
+@pytest.mark.parametrize('form', ['epoch_1.pt', 'hf'])
 def test_open_clip_checkpoints_load_and_embed_as_open_clip(open_clip_b16, form):
   out, config, inputs, want = open_clip_b16
   model = clip.from_config(config)
@@ -116,49 +117,6 @@ def test_open_clip_checkpoints_load_and_embed_as_open_clip(open_clip_b16, form):
   images, texts = embeddings(model, params, inputs)
   np.testing.assert_allclose(images, want['images'], atol=2e-4, rtol=0)
   np.testing.assert_allclose(texts, want['texts'], atol=2e-4, rtol=0)
-
-
-def test_loading_refuses_what_does_not_fit_and_names_it(open_clip_b16, tmp_path, monkeypatch):
-  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
-  out, config, inputs, _ = open_clip_b16
-  state = open_clip_state.read_state_dict(str(out / 'hf'))
-  params = init_params(clip.from_config(config), inputs)
-  extra = dict(state, **{'visual.head.weight': np.zeros((2, 2), np.float32)})
-  save_file(extra, str(tmp_path / 'extra.safetensors'))
-  with pytest.raises(ValueError, match=r'visual\.head\.weight'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'extra.safetensors'), params)
-  del state['ln_final.bias']
-  save_file(state, str(tmp_path / 'missing.safetensors'))
-  with pytest.raises(ValueError, match=r'missing \[\'text/encoder/norm_out/bias\'\]'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'missing.safetensors'), params)
-  narrow = openclip_vit_b16.get_config()
-  narrow.model.clr.proj_dim_out = 256
-  with pytest.raises(ValueError, match=r'image/projection/kernel has shape \(768, 512\) in the '
-                     r'checkpoint but \(768, 256\)'):
-    checkpoints.load_pretrained_params(str(out / 'hf'),
-                                       init_params(clip.from_config(narrow), inputs))
-  # A pickle that holds more than tensors is not run, and says so in one line.
-  with open(tmp_path / 'code.pt', 'wb') as f:
-    pickle.dump({'state_dict': {}, 'hook': ValueError('ran')}, f)
-  with pytest.raises(ValueError, match='weights_only'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'code.pt'), params)
-  # Without torch, a .pt says how to install it; a .safetensors needs no torch.
-  monkeypatch.setitem(sys.modules, 'torch', None)
-  with pytest.raises(ValueError, match='pip install torch'):
-    checkpoints.load_pretrained_params(str(out / 'epoch_1.pt'), params)
-  checkpoints.load_pretrained_params(str(out / 'hf'), params)
-
-
-def test_position_tables_are_resampled_onto_another_grid(open_clip_b16):
-  out, config, inputs, _ = open_clip_b16
-  config.image_size = 160  # a 10 x 10 grid instead of 14 x 14
-  small = dict(inputs, pixels=inputs['pixels'][:, :160, :160])
-  params = checkpoints.load_pretrained_params(
-      str(out / 'hf'), init_params(clip.from_config(config), small))
-  table = np.asarray(params['image']['pos_embedding'])
-  original = open_clip_state.read_state_dict(str(out / 'hf'))['visual.positional_embedding']
-  assert table.shape == (1, 101, 768)
-  np.testing.assert_array_equal(table[0, 0], original[0])  # the class token's row is kept
 
 
 # --- this project's checkpoints, exported ----------------------------------------------------
@@ -182,11 +140,13 @@ def micro_inputs(config, count=3):
               ['a red circle on teal', 'two small crosses', HARD_CAPTIONS[6]][:count]))}
 
 
-def open_clip_embeddings(export_dir, inputs, tmp_path):
+def open_clip_embeddings(export_dirs, inputs, tmp_path):
+  """open_clip's embeddings of `inputs` by each exported model, in one process."""
   np.savez(tmp_path / 'inputs.npz', **inputs)
-  reference('embed', f'--model=local-dir:{export_dir}', f'--inputs={tmp_path / "inputs.npz"}',
-            f'--out={tmp_path / "embeddings.npz"}')
-  return np.load(tmp_path / 'embeddings.npz')
+  outs = [tmp_path / f'embeddings_{i}.npz' for i in range(len(export_dirs))]
+  reference('embed', '--model', *[f'local-dir:{d}' for d in export_dirs],
+            f'--inputs={tmp_path / "inputs.npz"}', '--out', *outs)
+  return [np.load(out) for out in outs]
 
 
 def test_a_run_exported_opens_in_open_clip_with_the_same_embeddings(open_clip_run, tmp_path):
@@ -203,13 +163,72 @@ def test_a_run_exported_opens_in_open_clip_with_the_same_embeddings(open_clip_ru
   model = clip.from_config(config)
   inputs = micro_inputs(config)
   params = checkpoints.load_pretrained_params(str(open_clip_run), init_params(model, inputs))
-  want = open_clip_embeddings(export_dir, inputs, tmp_path)
+  want, = open_clip_embeddings([export_dir], inputs, tmp_path)
   images, texts = embeddings(model, params, inputs)
   np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
   np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
   # The export read back here is the same model.
   again = checkpoints.load_pretrained_params(str(export_dir), init_params(model, inputs))
   np.testing.assert_allclose(embeddings(model, again, inputs)[0], images, atol=1e-6)
+
+
+@pytest.fixture(scope='module')
+def micro_export(open_clip_run, tmp_path_factory):
+  """The micro run exported, its config and a model and inputs of that config."""
+  out = tmp_path_factory.mktemp('micro_export')
+  export_open_clip.export(str(open_clip_run), str(out))
+  config = export_open_clip.run_config_of(checkpoints.latest_step_dir(str(open_clip_run)))
+  return out, config
+
+
+def test_loading_refuses_what_does_not_fit_and_names_it(micro_export, tmp_path, monkeypatch):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  out, config = micro_export
+  state = open_clip_state.read_state_dict(str(out))
+  inputs = micro_inputs(config)
+  params = init_params(clip.from_config(config), inputs)
+  save_file(dict(state, **{'visual.head.weight': np.zeros((2, 2), np.float32)}),
+            str(tmp_path / 'extra.safetensors'))
+  with pytest.raises(ValueError, match=r'visual\.head\.weight'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'extra.safetensors'), params)
+  save_file({k: v for k, v in state.items() if k != 'ln_final.bias'},
+            str(tmp_path / 'missing.safetensors'))
+  with pytest.raises(ValueError, match=r"missing \['text/encoder/norm_out/bias'\]"):
+    checkpoints.load_pretrained_params(str(tmp_path / 'missing.safetensors'), params)
+  narrow = config.copy_and_resolve_references()
+  narrow.model.clr.proj_dim_out = 8
+  with pytest.raises(ValueError, match=r'image/projection/kernel has shape \(32, 16\) in the '
+                     r'checkpoint but \(32, 8\)'):
+    checkpoints.load_pretrained_params(str(out), init_params(clip.from_config(narrow), inputs))
+  # A training checkpoint as open_clip writes it: DDP's prefixes, optimiser state beside.
+  torch.save({'epoch': 3, 'name': 'run', 'optimizer': {'state': {}, 'param_groups': []},
+              'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in state.items()}},
+             tmp_path / 'epoch_3.pt')
+  loaded = checkpoints.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
+  np.testing.assert_array_equal(loaded['logit_scale'], state['logit_scale'])
+  # A pickle that holds more than tensors is not run, and says so in one line.
+  with open(tmp_path / 'code.pt', 'wb') as f:
+    pickle.dump({'state_dict': {}, 'hook': ValueError('ran')}, f)
+  with pytest.raises(ValueError, match='weights_only'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'code.pt'), params)
+  # Without torch, a .pt says how to install it; a .safetensors needs no torch.
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(ValueError, match='pip install torch'):
+    checkpoints.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
+  checkpoints.load_pretrained_params(str(out / open_clip_state.SAFETENSORS_FILE), params)
+
+
+def test_position_tables_are_resampled_onto_another_grid(micro_export):
+  out, config = micro_export
+  config = config.copy_and_resolve_references()
+  config.image_size = 48  # a 6 x 6 grid instead of 4 x 4
+  params = checkpoints.load_pretrained_params(
+      str(out), init_params(clip.from_config(config), micro_inputs(config)))
+  table = np.asarray(params['image']['pos_embedding'])
+  original = open_clip_state.read_state_dict(str(out))['visual.positional_embedding']
+  assert table.shape == (1, 37, 32)
+  np.testing.assert_array_equal(table[0, 0], original[0])  # the class token's row is kept
 
 
 def flip_family(demo_dir, **overrides):
@@ -221,20 +240,22 @@ def flip_family(demo_dir, **overrides):
   return config
 
 
-@pytest.mark.parametrize('pooling', ['mean_patches', 'cls'])
-def test_flip_towers_export_what_open_clip_expresses(demo_dir, tmp_path, pooling):
-  config = flip_family(demo_dir, **{'model.clr.img_avg_token': pooling == 'mean_patches'})
-  model = clip.from_config(config)
+def test_flip_towers_export_what_open_clip_expresses(demo_dir, tmp_path):
   inputs = micro_inputs(micro_config(demo_dir))
-  params = init_params(model, inputs)
-  # Non-zero biases and gains, so that folding the patch bias into the table is checked.
-  params = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(3).standard_normal(
-      p.shape).astype(np.float32), params)
-  open_clip_state.export(params, config, str(tmp_path / 'export'))
-  want = open_clip_embeddings(tmp_path / 'export', inputs, tmp_path)
-  images, texts = embeddings(model, params, inputs)
-  np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
-  np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
+  models, exports = [], []
+  for pooling in ('mean_patches', 'cls'):
+    config = flip_family(demo_dir, **{'model.clr.img_avg_token': pooling == 'mean_patches'})
+    model = clip.from_config(config)
+    # Non-zero biases and gains, so that folding the patch bias into the table is checked.
+    params = jax.tree.map(lambda p: p + 0.05 * np.random.default_rng(3).standard_normal(
+        p.shape).astype(np.float32), init_params(model, inputs))
+    open_clip_state.export(params, config, str(tmp_path / pooling))
+    models.append((model, params))
+    exports.append(tmp_path / pooling)
+  for (model, params), want in zip(models, open_clip_embeddings(exports, inputs, tmp_path)):
+    images, texts = embeddings(model, params, inputs)
+    np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize('field, value, named', [
@@ -251,23 +272,43 @@ def test_what_open_clip_cannot_express_is_refused_naming_the_field(demo_dir, tmp
   assert not (tmp_path / 'export').exists()
 
 
-def test_clip_benchmark_on_an_export_gives_the_projects_retrieval_numbers(
-    open_clip_run, demo_dir, tmp_path):
-  export_open_clip.export(str(open_clip_run), str(tmp_path / 'export'))
+def clip_benchmark(export_dir, dataset_root, task, out):
+  """CLIP_benchmark's own command line on an export; its metrics."""
   result = subprocess.run(
-      [os.path.join(os.path.dirname(sys.executable), 'clip_benchmark'), 'eval',
-       '--model', f'local-dir:{tmp_path / "export"}', '--pretrained', 'none',
-       '--dataset', 'wds/demo_retrieval', '--dataset_root', str(demo_dir / 'wds_retrieval'),
-       '--task', 'zeroshot_retrieval', '--recall_k', '1', '5', '10', '--batch_size', '16',
-       '--num_workers', '0', '--output', str(tmp_path / 'result.json')],
-      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+      [sys.executable, os.path.join(ROOT, 'tests', 'open_clip_reference.py'), 'clip_benchmark',
+       'eval', '--model', f'local-dir:{export_dir}', '--pretrained', 'none',
+       '--dataset', f'wds/{os.path.basename(dataset_root)}', '--dataset_root', str(dataset_root),
+       '--task', task, '--recall_k', '1', '5', '10', '--batch_size', '16',
+       '--num_workers', '0', '--output', str(out)],
+      cwd=os.path.dirname(out), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
-  with open(tmp_path / 'result.json') as f:
-    theirs = json.load(f)['metrics']
-  ours = [row for row in metrics_rows(open_clip_run) if 'retrieval/images' in row][-1]
+  with open(out) as f:
+    return json.load(f)['metrics']
+
+
+def test_clip_benchmark_on_an_export_gives_the_projects_numbers(open_clip_run, micro_export,
+                                                                demo_dir, tmp_path):
+  export_dir, config = micro_export
+  config = config.copy_and_resolve_references()
+  config.eval_only, config.resume_dir, config.eval_dataset = True, str(open_clip_run), ''
+  config.evals = {
+      'retrieval': dict(type='retrieval', dataset=f'wds:{demo_dir / "wds_retrieval"}'),
+      'zeroshot': dict(type='zeroshot_classification',
+                       dataset=f'wds:{demo_dir / "wds_zeroshot"}')}
+  ours = train.train_and_evaluate(config, str(tmp_path / 'eval'))
+  retrieval = clip_benchmark(export_dir, demo_dir / 'wds_retrieval', 'zeroshot_retrieval',
+                             tmp_path / 'retrieval.json')
+  zeroshot = clip_benchmark(export_dir, demo_dir / 'wds_zeroshot', 'zeroshot_classification',
+                            tmp_path / 'zeroshot.json')
+  # One image or caption ranked otherwise (two JPEG decoders may differ by a grey level)
+  # moves a recall or an accuracy by one over the set's size.
+  images = ours['retrieval/images']
+  assert images == 24 and ours['zeroshot/images'] == 64
   for k in (1, 5, 10):
     for kind in ('image', 'text'):
       name = f'{kind}_retrieval_recall@{k}'
-      # 24 images: one image or caption ranked otherwise (JPEG decoders differ by a grey
-      # level here and there) moves a recall by 1/24.
-      assert abs(theirs[name] - ours[f'retrieval/{name}']) <= 1 / 24 + 1e-6, (name, theirs, ours)
+      assert abs(retrieval[name] - ours[f'retrieval/{name}']) <= 1 / images + 1e-6, name
+  assert abs(zeroshot['acc1'] - ours['zeroshot/top1']) <= 1 / 64 + 1e-6, (zeroshot, ours)
+  assert abs(zeroshot['acc5'] - ours['zeroshot/top5']) <= 1 / 64 + 1e-6, (zeroshot, ours)
+  assert abs(zeroshot['mean_per_class_recall'] -
+             ours['zeroshot/mean_per_class_recall']) <= 1 / 64 + 1e-6, (zeroshot, ours)

@@ -13,7 +13,8 @@ import partitioning
 import train
 import train_step
 from input_pipeline import laion
-from input_pipeline.tokenizer import BertTokenizer
+from configs import default
+from input_pipeline.tokenizer import BertTokenizer, ClipBpeTokenizer
 from models import clip
 from models import pixels
 from tests.conftest import micro_config
@@ -25,6 +26,21 @@ def demo_batch(demo_dir):
   shards = laion.list_shards(config.laion_path)
   dataset = laion.train_dataset(config, BertTokenizer(16), shards, seed=0)
   return next(dataset.as_numpy_iterator())
+
+
+@pytest.fixture(scope='module')
+def clip_bpe_batch(demo_dir):
+  """The same batch tokenized with CLIP's BPE, for open_clip's towers."""
+  config = micro_config(demo_dir)
+  shards = laion.list_shards(config.laion_path)
+  dataset = laion.train_dataset(config, ClipBpeTokenizer(16), shards, seed=0)
+  return next(dataset.as_numpy_iterator())
+
+
+def open_clip_towers(config):
+  default.open_clip_towers(config)
+  config.aug.txt.max_len = 16
+  return config
 
 
 def _run(config, batch, steps):
@@ -51,12 +67,18 @@ POLICY_CASES = {
 }
 
 
+@pytest.mark.parametrize('towers', ['flip', 'open_clip'])
 @pytest.mark.parametrize('case', sorted(POLICY_CASES))
-def test_a_few_steps_of_each_policy_reduce_the_loss(demo_dir, demo_batch, case):
+def test_a_few_steps_of_each_policy_reduce_the_loss(demo_dir, demo_batch, clip_bpe_batch, case,
+                                                    towers):
   overrides = {'model.model_img.masking.policy': case, **POLICY_CASES[case]}
   config = micro_config(demo_dir, total_steps=100, warmup_epochs=0.0, learning_rate=0.05,
                         **overrides)
-  _, history = _run(config, demo_batch, 8)
+  batch = demo_batch
+  if towers == 'open_clip':
+    config, batch = open_clip_towers(config), clip_bpe_batch
+    assert batch['tokens'][:, 0].tolist() == [49406] * len(batch['tokens'])
+  _, history = _run(config, batch, 8)
   losses = [h['train_loss'] for h in history]
   assert np.all(np.isfinite(losses))
   assert losses[-1] < losses[0] - 0.1, losses
