@@ -14,7 +14,8 @@ it. The pipelines take turns over --rounds rounds, each on a fresh iterator, so 
 slow spell of a shared machine falls on all of them; the medians are reported. Prints one
 JSON object as its last line, with the images/s of each and the ratio full / bare (target:
 >= 0.9 on FLIP's kind of images, the second command; on the demo's 64-pixel images a decode
-costs less than the per-image ops of the crop).
+costs less than the per-image ops of the crop). The full pipeline is also timed with the
+other tokenizer (`tf_bert` <-> `clip_bpe`), in the same turns.
 """
 
 import json
@@ -88,11 +89,18 @@ def measure(config):
   result = {'config_batch_size': batch, 'image_size': config.image_size,
             'source_pixels': FLAGS.source_pixels or None, 'cores': os.cpu_count(),
             'files': len(shards.files)}
+  # The same pipeline with the other tokenizer, timed in the same turns: what a choice of
+  # tokenizer costs, free of the machine's drift between runs.
+  other = config.copy_and_resolve_references()
+  other.aug.txt.tokenizer = 'clip_bpe' if config.aug.txt.tokenizer == 'tf_bert' else 'tf_bert'
+  other_tokenizer = tokenizer_lib.from_config(other)
   pipelines = {
       'bare': lambda: bare_loop(shards.files, shards.format, config.image_size, batch),
       'full': lambda: laion.train_dataset(config, tokenizer, shards, seed=0),
       'full_nondeterministic': lambda: laion.train_dataset(config, tokenizer, shards, seed=0,
-                                                           deterministic=False)}
+                                                           deterministic=False),
+      f'full_{other.aug.txt.tokenizer}': lambda: laion.train_dataset(
+          other, other_tokenizer, shards, seed=0)}
   rounds = {name: [] for name in pipelines}
   for _ in range(FLAGS.rounds):
     for name, build in pipelines.items():
@@ -105,6 +113,9 @@ def measure(config):
   result['ratio_deterministic_to_not'] = (result['full_images_per_sec'] /
                                           result['full_nondeterministic_images_per_sec'])
   result['full_images_per_sec_per_core'] = result['full_images_per_sec'] / os.cpu_count()
+  result['tokenizer'] = config.aug.txt.tokenizer
+  result[f'ratio_full_{other.aug.txt.tokenizer}_to_bare'] = (
+      result[f'full_{other.aug.txt.tokenizer}_images_per_sec'] / result['bare_images_per_sec'])
   return result
 
 

@@ -140,6 +140,8 @@ def write_shards(out_dir, pairs, num_shards, formats, image_size):
           _add_to_tar(tar, f'{key}.json', json.dumps({'key': key, 'caption': txt}).encode())
 
 
+# CLIP_benchmark reads a set with 4 loader workers unless told otherwise, and a worker
+# without a shard fails: 4 shards let its default command read the sets as they are.
 def _finish_wds_layout(out_dir, num_shards, dataset_type):
   with open(os.path.join(out_dir, 'test', 'nshards.txt'), 'w') as f:
     f.write(f'{num_shards}\n')
@@ -147,7 +149,7 @@ def _finish_wds_layout(out_dir, num_shards, dataset_type):
     f.write(f'{dataset_type}\n')
 
 
-def write_classification_set(out_dir, examples, classnames, templates, num_shards=2):
+def write_classification_set(out_dir, examples, classnames, templates, num_shards=4):
   """Labelled images in CLIP_benchmark's full webdataset layout for classification:
   (key, jpg, label) examples, class names and templates (with `{c}`) beside the shards."""
   os.makedirs(os.path.join(out_dir, 'test'), exist_ok=True)
@@ -163,7 +165,7 @@ def write_classification_set(out_dir, examples, classnames, templates, num_shard
   _finish_wds_layout(out_dir, num_shards, 'classification')
 
 
-def write_retrieval_set(out_dir, pairs, num_shards=2):
+def write_retrieval_set(out_dir, pairs, num_shards=4):
   """Held-out captioned images in CLIP_benchmark's full webdataset layout (wds:OUT_DIR):
   shards 0..N-1 with N in nshards.txt, and `retrieval` in dataset_type.txt."""
   os.makedirs(os.path.join(out_dir, 'test'), exist_ok=True)

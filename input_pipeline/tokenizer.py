@@ -9,14 +9,19 @@ np.asarray; a single string gives [max_len].
 import functools
 import gzip
 import html
+import os
 import pathlib
 import re
 
-import ftfy
-import numpy as np
-import tensorflow as tf
-import tensorflow_text as tf_text
-import tokenizers
+# tf.data already tokenizes several batches at once on all cores; a second thread pool in
+# the BPE library would compete with the image decoding for them. A user's setting wins.
+os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+import ftfy  # pylint: disable=g-import-not-at-top
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf  # pylint: disable=g-import-not-at-top
+import tensorflow_text as tf_text  # pylint: disable=g-import-not-at-top
+import tokenizers  # pylint: disable=g-import-not-at-top
 
 VOCAB_DIR = pathlib.Path(__file__).parent / 'vocab'
 VOCAB_PATH = VOCAB_DIR / 'bert_base_uncased_vocab.txt'

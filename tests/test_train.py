@@ -176,10 +176,25 @@ def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
     ('checkpoint_every_steps', -1, 'checkpoint_every_steps=-1'),
     ('model.model_txt.transformer.num_heads', 3, 'model_txt.hidden_size=32 does not divide'),
     ('eval_templates', 'openai81', 'eval_templates'),
+    ('model.activation', 'relu', "activation='relu'"),
+    ('model.model_img.cls_position', True, 'cls_position=True needs a learned position'),
+    ('model.model_txt.pool', 'last', "model_txt.pool='last'"),
+    ('aug.pixel_std', (0.2, 0.0, 0.2), r'pixel_std=\(0.2, 0.0, 0.2\)'),
+    ('aug.txt.tokenizer', 'clip_bpe', 'vocab_size=30523: CLIP BPE ids go up to 49407'),
 ])
 def test_config_checks_name_the_field(demo_dir, field, value, message):
   with pytest.raises(ValueError, match=message):
     config_checks.check(micro_config(demo_dir, **{field: value}))
+
+
+def test_fields_added_since_a_run_was_saved_are_no_change_at_their_defaults(demo_dir):
+  config = micro_config(demo_dir)
+  saved = config_checks.as_json(config)
+  del saved['model']['activation'], saved['aug']['pixel_mean']  # a config saved before them
+  assert config_checks.changes_since(saved, config) == {}
+  config.model.activation = 'gelu'
+  assert config_checks.changes_since(saved, config) == {
+      'model.activation': [None, 'gelu']}
 
 
 def test_missing_training_data_is_reported_before_training(tmp_path, demo_dir):
