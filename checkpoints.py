@@ -230,13 +230,12 @@ def load_pretrained_params(path: str, params):
   for name, want in target.items():
     value = np.asarray(source[name])
     if value.shape != want.shape:
-      if name == 'text/pos_embedding' and value.ndim == 3 and value.shape[1] > want.shape[1] \
-          and value.shape[2:] == want.shape[2:]:
+      same_width = value.ndim == 3 and value.shape[2:] == want.shape[2:]
+      if name == 'text/pos_embedding' and same_width and value.shape[1] > want.shape[1]:
         logging.info('Keeping the first %d of the %d text positions', want.shape[1],
                      value.shape[1])
         value = value[:, :want.shape[1]]
-      elif name.startswith('image/') and name.endswith('pos_embedding') and value.ndim == 3 \
-          and value.shape[2:] == want.shape[2:]:
+      elif name.startswith('image/') and name.endswith('pos_embedding') and same_width:
         logging.info('Resampling %s from %s to %s', name, value.shape, want.shape)
         value = resample_grid(value, want.shape)
       else:
