@@ -10,8 +10,9 @@ images). The full pipeline is what training runs (read, shuffle, decode the crop
 resize, round to uint8, flip, tokenize, batch) with the deterministic interleave that
 reproducible runs need, and without it; the bare loop only decodes whole images and
 resizes them, with the pipeline's resize kernel (bicubic), as parallel as tf.data makes
-it. The pipelines take turns over --rounds rounds, each on a fresh iterator, so that a
-slow spell of a shared machine falls on all of them; the medians are reported. Prints one
+it. The pipelines take turns over --rounds rounds, each on a fresh iterator and in reverse
+order every other round, so that a slow spell of a shared machine falls on all of them; the
+medians are reported. Prints one
 JSON object as its last line, with the images/s of each and the ratio full / bare (target:
 >= 0.9 on FLIP's kind of images, the second command; on the demo's 64-pixel images a decode
 costs less than the per-image ops of the crop). The full pipeline is also timed with the
@@ -102,8 +103,11 @@ def measure(config):
       f'full_{other.aug.txt.tokenizer}': lambda: laion.train_dataset(
           other, other_tokenizer, shards, seed=0)}
   rounds = {name: [] for name in pipelines}
-  for _ in range(FLAGS.rounds):
-    for name, build in pipelines.items():
+  for turn in range(FLAGS.rounds):
+    # Every other round in reverse order: a machine that slows down or speeds up within a
+    # round then favours no pipeline by its place in the turn.
+    order = list(pipelines.items())
+    for name, build in order if turn % 2 == 0 else order[::-1]:
       rounds[name].append(images_per_second(build(), batch, FLAGS.batches))
   for name, values in rounds.items():
     result[f'{name}_images_per_sec'] = float(np.median(values))
