@@ -20,21 +20,22 @@ from models import pixels
 from tests.conftest import micro_config
 
 
-@pytest.fixture(scope='module')
-def demo_batch(demo_dir):
+def first_batch(demo_dir, tokenizer):
   config = micro_config(demo_dir)
   shards = laion.list_shards(config.laion_path)
-  dataset = laion.train_dataset(config, BertTokenizer(16), shards, seed=0)
+  dataset = laion.train_dataset(config, tokenizer, shards, seed=0)
   return next(dataset.as_numpy_iterator())
+
+
+@pytest.fixture(scope='module')
+def demo_batch(demo_dir):
+  return first_batch(demo_dir, BertTokenizer(16))
 
 
 @pytest.fixture(scope='module')
 def clip_bpe_batch(demo_dir):
   """The same batch tokenized with CLIP's BPE, for open_clip's towers."""
-  config = micro_config(demo_dir)
-  shards = laion.list_shards(config.laion_path)
-  dataset = laion.train_dataset(config, ClipBpeTokenizer(16), shards, seed=0)
-  return next(dataset.as_numpy_iterator())
+  return first_batch(demo_dir, ClipBpeTokenizer(16))
 
 
 def open_clip_towers(config):
