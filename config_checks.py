@@ -3,6 +3,8 @@
 import json
 import os
 
+import ml_collections
+
 import evaluators
 import masking
 import optimizer
@@ -156,6 +158,27 @@ def changes_since(previous: dict, config) -> dict:
   return {k: [before.get(k), now.get(k)] for k in sorted(before.keys() | now.keys())
           if before.get(k) != now.get(k) and not k.startswith(NOT_COMPARED) and
           not (k not in before and k in defaults and now.get(k) == defaults[k])}
+
+
+def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
+  for key, value in defaults.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
+        config[key], ml_collections.ConfigDict):
+      _fill_defaults(config[key], value)
+
+
+def saved_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run saved in WORKDIR/config.json. Fields added to the project after it was
+  saved get their defaults, which are what that run trained with."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  _fill_defaults(config, default.get_config())
+  return config
 
 
 def check_resume(config, saved_config_path: str) -> dict:

@@ -136,9 +136,9 @@ def _fit_image_positions(table: np.ndarray, target_shape, source: str):
 
 def load(path: str, target_shapes: Dict[str, tuple]) -> Dict[str, np.ndarray]:
   """FLIP's parameters under our names, in the layout of `target_shapes` (our flat names ->
-  shapes): attention kernels unflattened, blocks stacked if scanned, position tables fitted.
-  Shapes that still differ, and names on either side without a partner, are left to the
-  caller to report."""
+  shapes): attention kernels unflattened, blocks stacked if scanned, the image position
+  table fitted. Other shapes that differ (a longer text position table, a grid to resample)
+  and names on either side without a partner are left to the caller."""
   step_dir = find_step_dir(path)
   flip = read_target(step_dir)
   logging.info('Reading FLIP (t5x) checkpoint %s: %d parameters', step_dir, len(flip))
@@ -158,9 +158,5 @@ def load(path: str, target_shapes: Dict[str, tuple]) -> Dict[str, np.ndarray]:
     if want is not None and value.shape != tuple(want):
       if value.size == np.prod(want) and ('/attention/' in name or name == 'logit_scale'):
         value = value.reshape(want)  # FLIP's flattened heads; logit_scale of shape (1,)
-      elif (name == 'text/pos_embedding' and value.shape[1] > want[1] and
-            value.shape[2:] == tuple(want[2:])):
-        logging.info('Keeping the first %d of the %d text positions', want[1], value.shape[1])
-        value = value[:, :want[1]]
     fitted[name] = value
   return fitted

@@ -13,7 +13,6 @@ The run's config is read from the config.json saved beside its checkpoints/. A m
 open_clip cannot express is refused, naming the config field, before anything is written.
 """
 
-import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -25,7 +24,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 import checkpoints
-from configs import default
+import config_checks
 from foreign_weights import open_clip_state
 
 CHECKPOINT = flags.DEFINE_string(
@@ -35,28 +34,9 @@ OUT = flags.DEFINE_string('out', None, 'the folder to write the open_clip model 
                           required=True)
 
 
-def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
-  """Fields added to the project after a run saved its config keep their defaults, which are
-  what that run trained with."""
-  for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-        config[key], ml_collections.ConfigDict):
-      _fill_defaults(config[key], value)
-
-
 def run_config_of(step_dir: str) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with: WORKDIR/config.json for WORKDIR/checkpoints/N."""
-  workdir = os.path.dirname(os.path.dirname(os.path.abspath(step_dir)))
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no saved config beside the checkpoint {step_dir}; is it '
-                            'a run of this project?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
-  _fill_defaults(config, default.get_config())
-  return config
+  return config_checks.saved_config(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))))
 
 
 def export(checkpoint: str, out_dir: str):

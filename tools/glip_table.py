@@ -19,20 +19,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
-import ml_collections
 import numpy as np
 
+import config_checks
 import train
 
 COLUMNS = ('masked', 'unmasked', 'tuned')
-
-
-def run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
 
 
 def training_speed(workdir: str) -> float:
@@ -45,7 +37,7 @@ def training_speed(workdir: str) -> float:
 
 def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: float):
   """{column: {metric: value}} of one run, plus its policy and training images/s."""
-  base = run_config(workdir)
+  base = config_checks.saved_config(workdir)
   base.eval_only, base.pretrain_dir = False, ''
   results = {}
   for column, at_eval in (('masked', True), ('unmasked', False)):
