@@ -99,6 +99,24 @@ def check(config):
   _require(config.opt_mu_dtype in optimizer.MU_DTYPES,
            f'config.opt_mu_dtype={config.opt_mu_dtype!r}: expected one of '
            f'{sorted(optimizer.MU_DTYPES)}')
+  _require(config.opt.mu_dtype in ('', *optimizer.MU_DTYPES),
+           f'config.opt.mu_dtype={config.opt.mu_dtype!r}: expected empty or one of '
+           f'{sorted(optimizer.MU_DTYPES)}')
+  _require(config.decay_set in optimizer.DECAY_SETS,
+           f'config.decay_set={config.decay_set!r}: expected one of '
+           f'{sorted(optimizer.DECAY_SETS)}')
+  for field in ('abs_learning_rate', 'warmup_steps', 'shuffle_buffer'):
+    _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0: unset)')
+  optimizer.steps_per_epoch(config)  # at least one whole step per epoch
+  _require(config.model.clr.logit_scale_clamp in ('forward', 'after_update'),
+           f'config.model.clr.logit_scale_clamp={config.model.clr.logit_scale_clamp!r}: '
+           "expected 'forward' or 'after_update'")
+  _require(img.masking.view_crops in ('shared', 'separate'),
+           f'config.model.model_img.masking.view_crops={img.masking.view_crops!r}: expected '
+           "'shared' or 'separate'")
+  _require(img.masking.view_crops == 'shared' or img.masking.num_views >= 2,
+           "config.model.model_img.masking.view_crops='separate' crops each view apart: set "
+           f'config.model.model_img.masking.num_views >= 2 (it is {img.masking.num_views})')
   clr = config.model.clr
   _require(clr.clr_loss, 'config.model.clr.clr_loss=False: the contrastive loss is the only '
            'objective (as in FLIP); set it to True')

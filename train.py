@@ -157,6 +157,8 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     record_config_changes(config, workdir, resume_from, resume_from.latest_step())
   writer = metrics_writer.create_writer(workdir)
   state = train_step.create_train_state(config, model, init_rng, mesh, objective)
+  if not config.eval_only:
+    optimizer.log_decay_groups(config, state.params)
   run_state = None
   if resume_from.latest_step() is not None:
     step = checkpoints.step_to_resume(resume_from, config.resume_step)

@@ -8,9 +8,11 @@ import flax.linen as nn
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import masking
+from masking import view_geometry
 import optimizer
 import partitioning
 from models import clip
@@ -33,6 +35,8 @@ class Objective:
   simclr_temperature: float = 0.1
   accum_steps: int = 1  # micro-batches per step (exact contrastive loss, see train_step)
   loss_chunk: int = 0  # rows of the logits matrix formed at a time (0: all)
+  # > 0: logit_scale is clamped to [0, this] after each update (open_clip's semantics).
+  clamp_logit_scale: float = 0.0
 
   def momentum(self, step):
     """Cosine schedule of the EMA momentum from ema_momentum at step 0 to 1 at the end."""
@@ -48,7 +52,10 @@ def objective_of(config, policy) -> Objective:
       ema_momentum=config.model.model_img.masking.ema_momentum,
       total_steps=optimizer.steps_of(config)['total'], distill_weight=aclip.distill_weight,
       simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature,
-      accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk)
+      accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk,
+      clamp_logit_scale=(float(np.log(config.model.clr.max_logit_scale))
+                         if config.model.clr.logit_scale_clamp == 'after_update' and
+                         config.model.clr.tau_learnable else 0.0))
 
 
 def teacher_part(params):
@@ -116,8 +123,14 @@ def teacher_forward(model, ema_params, images):
 
 
 def sample_views(policy, rng, images, scores, num_views):
-  """`num_views` independent masks per image, stacked view-major: ([V * B, K], [V * B, K])."""
-  keeps = [policy(key, images, scores) for key in jax.random.split(rng, num_views)]
+  """`num_views` independent masks per image, stacked view-major: ([V * B, K], [V * B, K]).
+
+  `images` and `scores` are shared by the views ([B, ...]) or, with separate view crops,
+  lists of one per view.
+  """
+  per_view = lambda x, v: x[v] if isinstance(x, (list, tuple)) else x
+  keeps = [policy(key, per_view(images, v), per_view(scores, v))
+           for v, key in enumerate(jax.random.split(rng, num_views))]
   if keeps[0] is None:
     return None, None
   keep_idx = jnp.concatenate([k[0] for k in keeps])
@@ -134,20 +147,42 @@ def kept_fraction(policy, keep_idx, valid, rows):
   return valid.sum(axis=1) / policy.num_patches
 
 
+def separate_view_inputs(model, policy, batch, scores):
+  """With separate view crops: each view's normalised pixels [B, ...] and, for the
+  attentive policy, the teacher's attention cut and resized onto its grid."""
+  views = [clip.normalize_pixels(model, batch['views'][:, v])
+           for v in range(batch['views'].shape[1])]
+  if scores is None:
+    return views, None
+  boxes = batch['crop_boxes']
+  return views, [view_geometry.attention_on_view(scores, policy.grid_hw, boxes[:, v],
+                                                 boxes[:, -1]) for v in range(len(views))]
+
+
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
                objective: Objective = Objective()):
+  """One update. `batch['image']` is every view's crop, or with separate view crops
+  (batch['views']) the EMA teacher's crop that covers them."""
   mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   images, tokens = clip.normalize_pixels(model, batch['image']), batch['tokens']
   views, batch_size = objective.num_views, images.shape[0]
   teacher_features = scores = None
   if objective.use_teacher:
     teacher_features, scores = teacher_forward(model, state.ema_params, images)
-  keep_idx, valid = sample_views(policy, mask_rng, images, scores, views)
+  if 'views' in batch:
+    view_list, view_scores = separate_view_inputs(model, policy, batch, scores)
+    keep_idx, valid = sample_views(policy, mask_rng, view_list, view_scores, views)
+    images = jnp.stack(view_list, axis=1)  # [B, V, ...]: micro-batches split the examples
+  else:
+    keep_idx, valid = sample_views(policy, mask_rng, images, scores, views)
 
   def towers(params, images, keep_idx, valid, tokens, dropout_rng):
     """Image features [V, b, E] of every view and text embeddings [b, E] of b examples."""
     rows = images.shape[0]
-    view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
+    if images.ndim == 5:  # separate crops, [b, V, ...]
+      view_images = jnp.moveaxis(images, 1, 0).reshape(-1, *images.shape[2:])
+    else:
+      view_images = jnp.tile(images, (views, 1, 1, 1)) if views > 1 else images
     flat = lambda x: None if x is None else x.reshape(views * rows, -1)
     rngs = {'dropout': dropout_rng}
     features = model.apply({'params': params}, view_images, flat(keep_idx), flat(valid),
@@ -193,6 +228,9 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
         towers, objective_loss, state.params, inputs, objective.accum_steps)
 
   state = state.apply_gradients(grads=grads)
+  if objective.clamp_logit_scale > 0:
+    state = state.replace(params={**state.params, 'logit_scale': jnp.clip(
+        state.params['logit_scale'], 0.0, objective.clamp_logit_scale)})
   if objective.use_teacher:
     momentum = objective.momentum(state.step)
     state = state.replace(ema_params=jax.tree.map(

@@ -62,7 +62,9 @@ def get_config():
   # Images per "virtual" epoch: epochs are counted in ImageNet-sized units, as in FLIP.
   config.samples_per_epoch = 1281167
   config.image_size = 224
-  config.shuffle_buffer = 10_000
+  # Examples in the shuffle buffer (0: 16 x the host's batch, FLIP's
+  # input_pipeline_laion.py:215).
+  config.shuffle_buffer = 0
   # tf.data's parallel reads of shard files.
   config.num_parallel_reads = 16
   # At start-up each host tries this many records of its shards and stops, naming the files,
@@ -73,9 +75,18 @@ def get_config():
   config.cache = True
 
   # --- Schedule -----------------------------------------------------------
+  # Steps are counted as FLIP counts them: samples_per_epoch // batch_size per virtual epoch,
+  # int(num_epochs) epochs, and the warmup and cosine in those steps (optimizer.py).
   config.batch_size = 65536  # global batch over all hosts and devices (FLIP's default)
   config.learning_rate = 4e-6  # peak learning rate per 256 examples (scaled by batch_size/256)
+  # > 0: the peak learning rate itself, whatever the batch (open_clip's and A-CLIP's --lr);
+  # learning_rate is then ignored.
+  config.abs_learning_rate = 0.0
   config.warmup_epochs = 40.0
+  # > 0: warm up over this many steps instead, as open_clip does (its --warmup): step s runs
+  # at peak * (s + 1) / warmup_steps, so the first step already learns; warmup_abs_lr and
+  # warmup_epochs are ignored.
+  config.warmup_steps = 0
   config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.min_abs_lr = 0.0  # learning rate at the end of the cosine decay
   config.warmup_abs_lr = 0.0  # learning rate at step 0
@@ -86,24 +97,39 @@ def get_config():
   config.opt = ml_collections.ConfigDict()
   config.opt.b1 = 0.9
   config.opt.b2 = 0.95
+  config.opt.eps = 1e-8  # FLIP's (optax's default); open_clip's recipes use 1e-6
   config.opt.weight_decay = 0.2
   # Clip the global gradient norm to this value (0: no clipping, as FLIP).
   config.opt.clip_grad_norm = 0.0
   # (FLIP: concatenates all parameters into one vector for its optimiser, a t5x memory
   # trick.) No effect: optax updates each parameter in place, with the same result.
   config.opt.flatten_params = False
-  # dtype of AdamW's first moment: `bfloat16` halves its memory (FLIP's lever); the second
-  # moment stays float32.
+  # (FLIP: the dtype AdamW's first moment is created in.) FLIP's AdamW never casts the moment
+  # back after an update (utils/adamw.py:143 is commented out), so from the first step on it
+  # is float32 whatever this says, and so it is here: `bfloat16` gives FLIP's float32 numbers.
   config.opt_mu_dtype = 'float32'
-  # Leave biases, norms, position embeddings, the class token and logit_scale out of decay.
+  # The first moment's dtype for good: `bfloat16` halves its memory (the second moment stays
+  # float32); empty: float32, as FLIP's code behaves.
+  config.opt.mu_dtype = ''
+  # Weight decay on the `decay_set` only (False: on every parameter).
   config.exclude_wd = True
+  # Which parameters AdamW decays (the start-up log lists each group and its size):
+  #   flip       every one but biases, norm scales and position tables: the class token
+  #              and logit_scale are decayed (FLIP's code, not its comment)
+  #   open_clip  kernels, the token table and the position tables, not biases, norm
+  #              scales, the class token or logit_scale (open_clip's and A-CLIP's rule)
+  #   kernels    kernels and the token table only
+  config.decay_set = 'flip'
 
   # --- Augmentation and tokenization --------------------------------------
   config.aug = ml_collections.ConfigDict()
-  config.aug.area_range = (0.5, 1)  # RandomResizedCrop area fraction
-  config.aug.aspect_ratio_range = (3.0 / 4, 4.0 / 3.0)
-  # Training crop: `v4` (FLIP's: PyTorch's RandomResizedCrop, 10 tries, else a centre crop
-  # of 224/256 of the shorter side) or `vc` (the centre crop of evaluation, no randomness).
+  config.aug.area_range = (0.5, 1)  # RandomResizedCrop area fraction (open_clip's `scale`)
+  config.aug.aspect_ratio_range = (3.0 / 4, 4.0 / 3.0)  # open_clip's `ratio`
+  # Training crop: `v4` (FLIP's: PyTorch's RandomResizedCrop window, 10 tries, else a centre
+  # crop of 224/256 of the shorter side, resized bicubic without antialiasing), `rrc`
+  # (open_clip's: torchvision's RandomResizedCrop, whose fallback is the whole image cut to
+  # the ratio range, resized bicubic with antialiasing as PIL does) or `vc` (the centre crop
+  # of evaluation, no randomness).
   config.aug.crop_ver = 'v4'
   # Evaluation: the centre square of size / (size + eval_pad) of the shorter side, resized
   # to image_size (0: the whole centre square; 32 is the classic 224/256 crop).
@@ -190,6 +216,10 @@ def get_config():
   config.model.clr.tau_learnable = True
   config.model.clr.tau_init = 0.07
   config.model.clr.max_logit_scale = 100.0
+  # Where logit_scale is held in [0, log(max_logit_scale)]: `forward` clips it in the loss
+  # (FLIP; no gradient flows beyond the bounds), `after_update` clamps the parameter after
+  # each optimiser step (open_clip, A-CLIP).
+  config.model.clr.logit_scale_clamp = 'forward'
   config.model.clr.proj_dim_out = 768  # shared embedding width
   config.model.clr.proj_out_bias = False  # biases of the two output projections
   # The contrastive loss; FLIP has no other objective, and neither has this code (True only).
@@ -250,6 +280,9 @@ def get_config_img():
   # checkpoints are mapped by name when loaded.
   config.name = 'img_encoder'
   config.patches = ml_collections.ConfigDict({'size': (16, 16)})
+  # Never update the patch embedding (A-CLIP's image tower, after MoCo v3): no gradient, no
+  # decay.
+  config.freeze_patch_embedding = False
   # A bias in the patch embedding (FLIP's; open_clip's conv has none).
   config.patch_bias = True
   # A learned position for the class token too, row 0 of the table (open_clip's; needs
@@ -268,6 +301,10 @@ def get_config_img():
   config.masking.at_eval = False
   # Masked views per image, each contrasted with the same caption; losses averaged.
   config.masking.num_views = 1
+  # With several views: `shared` (one crop, masked several ways) or `separate` (A-CLIP's:
+  # each view its own random crop, and the attentive teacher sees one crop covering them
+  # all, its attention cut and resized onto each view's grid before blocks are chosen).
+  config.masking.view_crops = 'shared'
   # gaussian: variance of the centred normal on [-1, 1] grid coordinates (GLIP's sigma).
   config.masking.sigma = 0.2
   # cluster: share of patches drawn as anchors, and the similarity (Pearson correlation of

@@ -10,7 +10,7 @@ import math
 
 import tensorflow as tf
 
-CROP_VERSIONS = ('v4', 'vc')
+CROP_VERSIONS = ('v4', 'rrc', 'vc')
 # The fallback of `v4` when no random window fits: the centre 224/256 of the shorter side.
 CROP_PADDING = 32
 
@@ -35,10 +35,23 @@ def centre_window(shape, size, pad):
 ATTEMPTS = 10  # of `v4`'s random windows
 
 
-def random_window(shape, draws, area_range, aspect_ratio_range, size):
-  """FLIP's `v4` crop (PyTorch's RandomResizedCrop): [top, left, height, width]. The window
-  is the first of 10 draws of area and log-uniform aspect ratio that fits the image, at a
-  uniform offset; else the centre crop. `draws`: 2 * ATTEMPTS + 2 uniform numbers.
+def ratio_window(shape, aspect_ratio_range):
+  """torchvision's RandomResizedCrop fallback: the centred window of the whole image cut to
+  the aspect-ratio range."""
+  height, width = shape[0], shape[1]
+  low, high = aspect_ratio_range
+  h_f, w_f = tf.cast(height, tf.float32), tf.cast(width, tf.float32)
+  in_ratio = w_f / h_f
+  w = tf.where(in_ratio > high, tf.cast(tf.round(h_f * high), tf.int32), width)
+  h = tf.where(in_ratio < low, tf.cast(tf.round(w_f / low), tf.int32), height)
+  return tf.stack([(height - h) // 2, (width - w) // 2, h, w])
+
+
+def random_window(shape, draws, area_range, aspect_ratio_range, size, fallback='centre'):
+  """PyTorch's RandomResizedCrop window: [top, left, height, width]. The window is the
+  first of 10 draws of area and log-uniform aspect ratio that fits the image, at a uniform
+  offset; else `centre` (FLIP's `v4`: the centre 224/256 of the shorter side) or `ratio`
+  (torchvision's, `rrc`). `draws`: 2 * ATTEMPTS + 2 uniform numbers.
 
   The fallback is a select, not a cond: per example, each small op adds a cost that, at 64
   pixels, rivals the decode.
@@ -55,8 +68,9 @@ def random_window(shape, draws, area_range, aspect_ratio_range, size):
   w, h = w[first], h[first]
   top = tf.cast(draws[2 * ATTEMPTS] * tf.cast(height - h + 1, tf.float32), tf.int32)
   left = tf.cast(draws[2 * ATTEMPTS + 1] * tf.cast(width - w + 1, tf.float32), tf.int32)
-  return tf.where(fits[first], tf.stack([top, left, h, w]),
-                  centre_window(shape, size, CROP_PADDING))
+  otherwise = (centre_window(shape, size, CROP_PADDING) if fallback == 'centre' else
+               ratio_window(shape, aspect_ratio_range))
+  return tf.where(fits[first], tf.stack([top, left, h, w]), otherwise)
 
 
 def decode_window(image_bytes, window_of):
@@ -81,9 +95,10 @@ def decode_window(image_bytes, window_of):
   return image
 
 
-def resize(image, size):
-  """Bicubic, not antialiased, as FLIP resizes: float32 [size, size, 3], not yet rounded."""
-  image = tf.image.resize(image, [size, size], method='bicubic')
+def resize(image, size, antialias=False):
+  """Bicubic, not antialiased as FLIP resizes (or antialiased as PIL's, open_clip's):
+  float32 [size, size, 3], not yet rounded."""
+  image = tf.image.resize(image, [size, size], method='bicubic', antialias=antialias)
   image.set_shape([size, size, 3])
   return image
 
@@ -105,18 +120,19 @@ def to_pixels(image, flip=None):
 
 def train_image(image_bytes, size, seed, area_range=(0.5, 1.0),
                 aspect_ratio_range=(3 / 4, 4 / 3), flip=True, crop_ver='v4'):
-  """Decode, crop (`v4` random or `vc` centre), resize, optional horizontal flip:
+  """Decode, crop (`v4` or `rrc` random, `vc` centre), resize, optional horizontal flip:
   uint8 [size, size, 3]."""
   if crop_ver not in CROP_VERSIONS:
     raise ValueError(f'config.aug.crop_ver={crop_ver!r}: expected one of {CROP_VERSIONS}')
   # Every random number of the example from one stateless call: the windows' and the coin.
   draws = tf.random.stateless_uniform([2 * ATTEMPTS + 3], seed)
-  if crop_ver == 'v4':
-    window_of = lambda shape: random_window(shape, draws, area_range, aspect_ratio_range,
-                                            size)
-  else:
+  if crop_ver == 'vc':
     window_of = lambda shape: centre_window(shape, size, 0)
-  image = resize(decode_window(image_bytes, window_of), size)
+  else:
+    fallback = 'centre' if crop_ver == 'v4' else 'ratio'
+    window_of = lambda shape: random_window(shape, draws, area_range, aspect_ratio_range,
+                                            size, fallback)
+  image = resize(decode_window(image_bytes, window_of), size, antialias=crop_ver == 'rrc')
   return to_pixels(image, draws[-1] < 0.5 if flip else None)
 
 
@@ -125,3 +141,57 @@ def eval_image(image_bytes, size, pad=0):
   (FLIP's `aug.eval_pad`): uint8 [size, size, 3]."""
   window_of = lambda shape: centre_window(shape, size, pad)
   return to_pixels(resize(decode_window(image_bytes, window_of), size))
+
+
+def covering_window(windows, shape, draws):
+  """A-CLIP's teacher crop (datasets.py:258-273, GetThreeRandomResizedCrop): a random
+  window holding every window in `windows` [V, 4]: its top and left uniform between 0 and
+  theirs, its bottom and right uniform between theirs and the image's edge. `draws`: 4
+  uniform numbers. (A-CLIP's own code takes the second view's height for its left edge and
+  draws the height before moving the top, so that its crop can miss part of a view; here it
+  never does.)"""
+  height, width = shape[0], shape[1]
+  top, left = tf.reduce_min(windows[:, 0]), tf.reduce_min(windows[:, 1])
+  bottom = tf.reduce_max(windows[:, 0] + windows[:, 2])
+  right = tf.reduce_max(windows[:, 1] + windows[:, 3])
+  pick = lambda u, low, high: low + tf.cast(u * tf.cast(high - low + 1, tf.float32), tf.int32)
+  new_top, new_left = pick(draws[0], 0, top), pick(draws[1], 0, left)
+  new_bottom, new_right = pick(draws[2], bottom, height), pick(draws[3], right, width)
+  return tf.stack([new_top, new_left, new_bottom - new_top, new_right - new_left])
+
+
+def train_views(image_bytes, size, seed, num_views, area_range=(0.5, 1.0),
+                aspect_ratio_range=(3 / 4, 4 / 3), flip=True, crop_ver='v4'):
+  """A-CLIP's views: `num_views` random crops and one crop covering them all (the teacher's).
+
+  Returns (teacher uint8 [size, size, 3], views uint8 [V, size, size, 3], boxes int32
+  [V + 1, 4]): each view's and then the teacher's window (top, left, height, width) in the
+  image's pixels. A flip mirrors the image before cropping, so that the boxes stay true.
+  """
+  if crop_ver not in ('v4', 'rrc'):
+    raise ValueError(f"config.aug.crop_ver={crop_ver!r}: separate view crops are random; "
+                     "expected 'v4' or 'rrc'")
+  per_view = 2 * ATTEMPTS + 2
+  draws = tf.random.stateless_uniform([num_views * per_view + 5], seed)
+  fallback = 'centre' if crop_ver == 'v4' else 'ratio'
+  shape = tf.cond(tf.io.is_jpeg(image_bytes), lambda: tf.io.extract_jpeg_shape(image_bytes),
+                  lambda: tf.shape(decode(image_bytes)))
+  windows = tf.stack([random_window(shape, draws[v * per_view:(v + 1) * per_view], area_range,
+                                    aspect_ratio_range, size, fallback)
+                      for v in range(num_views)])
+  teacher = covering_window(windows, shape, draws[num_views * per_view:])
+  flipped = draws[-1] < 0.5 if flip else tf.constant(False)
+  mirror = lambda box: tf.stack([box[..., 0], shape[1] - box[..., 1] - box[..., 3],
+                                 box[..., 2], box[..., 3]], -1)
+  boxes = tf.concat([windows, teacher[None]], 0)
+  # The windows are drawn on the unflipped image; a flipped example is the mirror image of
+  # these crops, whose boxes are mirrored too.
+  image = decode_window(image_bytes, lambda _: teacher)
+  pieces = [to_pixels(resize(image, size, crop_ver == 'rrc'), flipped)]
+  for v in range(num_views):
+    window = windows[v]
+    piece = tf.slice(image, tf.stack([window[0] - teacher[0], window[1] - teacher[1], 0]),
+                     tf.stack([window[2], window[3], 3]))
+    pieces.append(to_pixels(resize(piece, size, crop_ver == 'rrc'), flipped))
+  boxes = tf.where(flipped, mirror(boxes), boxes)
+  return pieces[0], tf.stack(pieces[1:]), tf.cast(boxes, tf.int32)

@@ -191,7 +191,8 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
                   process_count: int = 1, seed: int = 0, start_position: int = 0,
                   deterministic: bool = True) -> tf.data.Dataset:
   """Endless host-local batches {'image' (uint8 pixels), 'tokens', 'skipped', 'position'}
-  of batch_size / process_count.
+  of batch_size / process_count; with separate view crops also 'views' (uint8 [V, ...]) and
+  'crop_boxes' (int32 [V + 1, 4], see augment.train_views), 'image' being the teacher's.
 
   The stream is a function of the seed, the shard files and the host count. `position` is
   how many records of it the batch's last example ends at; a pipeline built with
@@ -205,6 +206,9 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
   local_batch = config.batch_size // process_count
   files = host_files(shards.files, process_index, process_count)
   aug = config.aug
+  masking_config = config.model.model_img.masking
+  # A-CLIP's geometry: `image` is then the teacher's crop, `views` the online ones.
+  separate_views = masking_config.view_crops == 'separate' and masking_config.num_views > 1
 
   def decode(index, example):
     if shards.format == TFRECORD:
@@ -212,9 +216,13 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
     else:
       image_bytes, text = example['jpg'], example['txt']
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])
-    image = augment.train_image(image_bytes, config.image_size, example_seed,
-                                tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip,
-                                aug.crop_ver)
+    crop = (tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip, aug.crop_ver)
+    if separate_views:
+      image, views, boxes = augment.train_views(image_bytes, config.image_size, example_seed,
+                                                masking_config.num_views, *crop)
+      return {'index': index, 'image': image, 'views': views, 'crop_boxes': boxes,
+              'text': text}
+    image = augment.train_image(image_bytes, config.image_size, example_seed, *crop)
     return {'index': index, 'image': image, 'text': text}
 
   def count_skipped(next_index, batch):
@@ -230,7 +238,7 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
   ds = ds.interleave(_read_file(shards.format), cycle_length=min(config.num_parallel_reads,
                                                                  len(files)),
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-  ds = ds.shuffle(config.shuffle_buffer, seed=seed)
+  ds = ds.shuffle(shuffle_buffer(config, local_batch), seed=seed)
   ds = ds.skip(start_position).enumerate(start_position)
   # Order-preserving map, so that the gaps ignore_errors leaves in `index` are the skips.
   ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -243,6 +251,11 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
   ds = ds.map(lambda b: dict(b, tokens=tokenizer(b.pop('text'))),
               num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def shuffle_buffer(config, local_batch: int) -> int:
+  """config.shuffle_buffer, or FLIP's 16 x the host's batch when it is 0."""
+  return config.shuffle_buffer if config.shuffle_buffer > 0 else 16 * local_batch
 
 
 def host_seed(seed: int, process_index: int) -> int:

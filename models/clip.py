@@ -33,7 +33,9 @@ class Head(nn.Module):
 
 class CLIP(nn.Module):
   """A learnable logit scale starts at `init_logit_scale` and is clipped to
-  [0, max_logit_scale], as FLIP's; a fixed one is used as it is. `pixel_mean` and
+  [0, max_logit_scale] in the forward pass, as FLIP's (unless `clip_logit_scale` is off:
+  open_clip clamps the parameter after each update instead, train_step.py); a fixed one is
+  used as it is. `pixel_mean` and
   `pixel_std` are the statistics the image tower's inputs are normalised with
   (`normalize_pixels`)."""
   image: VisionTower
@@ -41,6 +43,7 @@ class CLIP(nn.Module):
   init_logit_scale: float = float(np.log(1 / 0.07))
   max_logit_scale: float = float(np.log(100.0))
   learn_logit_scale: bool = True
+  clip_logit_scale: bool = True
   head_dim: int = 0  # > 0 adds the projector and predictor of A-CLIP's auxiliary losses
   pixel_mean: Tuple[float, ...] = pixels.MEAN_RGB
   pixel_std: Tuple[float, ...] = pixels.STDDEV_RGB
@@ -71,6 +74,8 @@ class CLIP(nn.Module):
   def logit_scale(self):
     if not self.learn_logit_scale:
       return jax.lax.stop_gradient(self.log_scale)
+    if not self.clip_logit_scale:
+      return self.log_scale
     return jnp.clip(self.log_scale, 0.0, self.max_logit_scale)
 
   def __call__(self, images, tokens, keep_idx=None, valid=None):
@@ -152,6 +157,7 @@ def from_config(config) -> CLIP:
       pool=('cls' if not clr.img_avg_token else
             'mean' if clr.img_avg_with_cls else 'mean_patches'),
       patch_bias=img.patch_bias, cls_position=img.cls_position, pre_norm=img.pre_norm,
+      freeze_patch_embedding=img.freeze_patch_embedding,
       **regularisation(img))
   text = TextTower(
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
@@ -164,7 +170,8 @@ def from_config(config) -> CLIP:
   tau = clr.tau_init if clr.tau_learnable else clr.tau
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),
-              learn_logit_scale=clr.tau_learnable, head_dim=head_dim,
+              learn_logit_scale=clr.tau_learnable,
+              clip_logit_scale=clr.logit_scale_clamp == 'forward', head_dim=head_dim,
               pixel_mean=tuple(config.aug.pixel_mean), pixel_std=tuple(config.aug.pixel_std))
 
 

@@ -84,6 +84,7 @@ class VisionTower(nn.Module):
   pre_norm: bool = False
   activation: str = 'gelu_tanh'
   norm_eps: float = 1e-6
+  freeze_patch_embedding: bool = False  # A-CLIP's: the optimiser leaves it alone too
 
   @nn.compact
   def __call__(self, images, keep_idx=None, valid=None, cls_attention=False, train=False):
@@ -98,6 +99,8 @@ class VisionTower(nn.Module):
                 use_bias=self.patch_bias,
                 kernel_init=logical(patch_kernel_init, (None, None, None, 'embed')),
                 bias_init=logical(nn.initializers.zeros, ('embed',)))(images.astype(self.dtype))
+    if self.freeze_patch_embedding:
+      x = jax.lax.stop_gradient(x)
     batch, gh, gw, width = x.shape
     x = place(x.reshape(batch, gh * gw, width), TOKENS)
     if self.sincos:

@@ -5,6 +5,7 @@ no code with the project, so that the project is checked against an independent 
 
 import os
 
+import jax
 import numpy as np
 from flax import serialization
 import tensorstore as ts
@@ -85,67 +86,77 @@ def flip_sincos_table(grid_side: int, width: int) -> np.ndarray:
   return np.concatenate([np.zeros((1, width)), np.array(rows)])[None].astype(np.float32)
 
 
-def _layer_norm(x, p):
+def _layer_norm(x, p, xp=np):
   mean = x.mean(-1, keepdims=True)
   var = ((x - mean) ** 2).mean(-1, keepdims=True)
-  return (x - mean) / np.sqrt(var + 1e-6) * p['scale'] + p['bias']
+  return (x - mean) / xp.sqrt(var + 1e-6) * p['scale'] + p['bias']
 
 
-def _gelu(x):
-  return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+def _gelu(x, xp=np):
+  return 0.5 * x * (1 + xp.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
 
 
-def _block(x, p, heads):
+def _block(x, p, heads, xp=np):
   batch, length, width = x.shape
   head_dim = width // heads
-  y = _layer_norm(x, p['LayerNorm_0'])
+  y = _layer_norm(x, p['LayerNorm_0'], xp)
   a = p['MultiHeadDotProductAttention_0']
 
   def project(name):
     return (y @ a[name]['kernel'] + a[name]['bias']).reshape(batch, length, heads, head_dim)
 
   q, k, v = project('query') / np.sqrt(head_dim), project('key'), project('value')
-  logits = np.einsum('bqhd,bkhd->bhqk', q, k)  # every token, padding included
-  weights = np.exp(logits - logits.max(-1, keepdims=True))
+  logits = xp.einsum('bqhd,bkhd->bhqk', q, k)  # every token, padding included
+  weights = xp.exp(logits - logits.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
-  attended = np.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
+  attended = xp.einsum('bhqk,bkhd->bqhd', weights, v).reshape(batch, length, width)
   x = x + attended @ a['out']['kernel'] + a['out']['bias']
   m = p['MlpBlock_0']
-  h = _gelu(_layer_norm(x, p['LayerNorm_1']) @ m['Dense_0']['kernel'] + m['Dense_0']['bias'])
+  h = _gelu(_layer_norm(x, p['LayerNorm_1'], xp) @ m['Dense_0']['kernel']
+            + m['Dense_0']['bias'], xp)
   return x + h @ m['Dense_1']['kernel'] + m['Dense_1']['bias']
 
 
-def _encoder(x, p, heads):
+def _encoder(x, p, heads, xp=np):
   names = sorted(k for k in p if k.startswith('encoderblock_'))
   for name in names:
-    x = _block(x, p[name], heads)
-  return _layer_norm(x, p['encoder_norm'])
+    x = _block(x, p[name], heads, xp)
+  return _layer_norm(x, p['encoder_norm'], xp)
 
 
-def _normalise(z):
-  return z / (np.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
+def _normalise(z, xp=np):
+  return z / (xp.linalg.norm(z, axis=-1, keepdims=True) + 1e-8)
 
 
-def flip_image_embedding(params, images, patch, heads):
-  """images float [B, H, W, 3] (normalised) -> [B, E], as FLIP's evaluation computes it."""
+def _image_tokens(params, images, patch, keep_idx=None, xp=np):
+  """Encoded tokens [B, 1 + K, D]: patches (the kept ones, models_flip.py:253-286) with their
+  positions, the class token in front without one."""
   p = params['img_encoder']
   batch, height, width, _ = images.shape
   gh, gw = height // patch, width // patch
   pieces = images.reshape(batch, gh, patch, gw, patch, 3).transpose(0, 1, 3, 2, 4, 5)
-  x = np.einsum('bhwpqc,pqcd->bhwd', pieces, p['embedding']['kernel']) + p['embedding']['bias']
+  x = xp.einsum('bhwpqc,pqcd->bhwd', pieces, p['embedding']['kernel']) + p['embedding']['bias']
   x = x.reshape(batch, gh * gw, -1) + p['posembed_encoder']['pos_embedding'][:, 1:]
-  cls = np.broadcast_to(p['cls'], (batch, 1, x.shape[-1]))
-  x = _encoder(np.concatenate([cls, x], 1), p['Transformer'], heads)
-  return _normalise(x.mean(axis=1) @ params['img_mlp1']['kernel'])
+  if keep_idx is not None:
+    x = xp.take_along_axis(x, keep_idx[..., None], axis=1)
+  cls = xp.broadcast_to(p['cls'], (batch, 1, x.shape[-1]))
+  return xp.concatenate([cls, x], 1)
 
 
-def flip_text_embedding(params, tokens, heads):
+def flip_image_embedding(params, images, patch, heads, keep_idx=None, xp=np):
+  """images float [B, H, W, 3] (normalised) -> [B, E], as FLIP's evaluation computes it."""
+  x = _encoder(_image_tokens(params, images, patch, keep_idx, xp),
+               params['img_encoder']['Transformer'], heads, xp)
+  return _normalise(x.mean(axis=1) @ params['img_mlp1']['kernel'], xp)
+
+
+def flip_text_embedding(params, tokens, heads, xp=np):
   """tokens int [B, L] -> [B, E]: every token attended to, the first one pooled."""
   p = params['txt_encoder']
   x = p['token_embedding']['embedding'][tokens]
   x = x + p['posembed_encoder']['pos_embedding'][:, :tokens.shape[1]]
-  x = _encoder(x, p['Transformer'], heads)
-  return _normalise(x[:, 0] @ params['txt_mlp1']['kernel'])
+  x = _encoder(x, p['Transformer'], heads, xp)
+  return _normalise(x[:, 0] @ params['txt_mlp1']['kernel'], xp)
 
 
 def random_flip_params(rng, *, image_width, text_width, layers, mlp_dim, embed, patch,
@@ -244,3 +255,85 @@ def write_t5x_checkpoint(workdir, params, step, *, bucket=None, inline=(),
   with open(os.path.join(step_dir, 'checkpoint'), 'wb') as f:
     f.write(serialization.msgpack_serialize({'version': 3, 'optimizer': optimizer}))
   return step_dir
+
+
+# --- FLIP's training step, schedule and AdamW, in jax.numpy ---------------------------------
+
+def flip_contrastive_loss(z0, z1, logit_scale, xp):
+  """models_flip.py:480-523: the scale clipped to [0, log 100], hand-written log-softmax."""
+  scale = xp.exp(xp.clip(logit_scale, 0, np.log(100)))
+  logits = xp.einsum('nc,mc->nm', z0, z1) * scale
+  logits_pos = xp.einsum('nc,nc->n', z0, z1) * scale
+  exp_logits = xp.exp(logits)
+  loss01 = -(logits_pos - xp.log(xp.sum(exp_logits, axis=-1)))
+  loss10 = -(logits_pos - xp.log(xp.sum(exp_logits, axis=0)))
+  return (loss01.mean() + loss10.mean()) / 2
+
+
+def flip_train_loss(params, images, tokens, keep_idx, patch, heads, xp):
+  """models_flip.py:531-569 with train=True: mean over every token (class token included),
+  first text token, then the loss. The sin-cos table is a parameter whose gradient is
+  stopped (utils/posembed_util.py:70)."""
+  table = params['img_encoder']['posembed_encoder']['pos_embedding']
+  params = {**params, 'img_encoder': {**params['img_encoder'], 'posembed_encoder': {
+      'pos_embedding': jax.lax.stop_gradient(table)}}}
+  z_img = flip_image_embedding(params, images, patch, heads, keep_idx, xp)
+  z_txt = flip_text_embedding(params, tokens, heads, xp)
+  return flip_contrastive_loss(z_img, z_txt, params['logit_scale'][0], xp)
+
+
+def flip_steps_per_epoch(samples_per_epoch, batch_size):
+  return samples_per_epoch // batch_size  # train.py:313
+
+
+def flip_total_steps(num_epochs, samples_per_epoch, batch_size):
+  # train.py:428-432: int(num_epochs) epochs of steps_per_epoch steps.
+  return int(num_epochs) * flip_steps_per_epoch(samples_per_epoch, batch_size)
+
+
+def flip_learning_rate(step, *, learning_rate, batch_size, warmup_epochs, num_epochs,
+                       samples_per_epoch, warmup_abs_lr=0.0, min_abs_lr=0.0):
+  """t5x/train_state_initializer.py:42-59 and 64-67 in float64: a linear warmup over
+  warmup_epochs * steps_per_epoch steps, then optax's cosine over
+  max(num_epochs - warmup_epochs, 1) epochs, joined at the warmup's end."""
+  step = np.asarray(step, np.float64)
+  per_epoch = flip_steps_per_epoch(samples_per_epoch, batch_size)
+  base = learning_rate * batch_size / 256.0
+  warmup = warmup_epochs * per_epoch
+  rise = warmup_abs_lr + (base - warmup_abs_lr) * np.clip(step, 0, warmup) / max(warmup, 1e-30)
+  decay_steps = max(num_epochs - warmup_epochs, 1) * per_epoch
+  alpha = min_abs_lr / base
+  t = np.minimum(np.maximum(step - warmup, 0), decay_steps)
+  cosine = base * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * t / decay_steps)) + alpha)
+  return np.where(step < warmup, rise, cosine)
+
+
+def flip_decays(path):
+  """utils/opt_util.py filter_bias_and_norm and filter_posembed, both required
+  (t5x/train_state_initializer.py:74-82): not biases, not scales, not position tables."""
+  return not (path[-1] in ('bias', 'scale') or 'pos_embedding' in '.'.join(path))
+
+
+def flip_adamw_step(params, grads, mu, nu, count, learning_rate, *, b1, b2, weight_decay,
+                    eps=1e-8):
+  """utils/adamw.py:73-147: Adam's moments (the first never cast back to opt_mu_dtype),
+  bias correction, then weight decay on flip_decays' parameters, then -learning_rate."""
+  new = {}, {}, {}
+  count = count + 1
+  for path, p in _flatten(params):
+    g, m, v = _get(grads, path), _get(mu, path), _get(nu, path)
+    m = (1 - b1) * g + b1 * m
+    v = (1 - b2) * g ** 2 + b2 * v
+    update = (m / (1 - b1 ** count)) / (np.sqrt(v / (1 - b2 ** count)) + eps)
+    if flip_decays(path):
+      update = update + weight_decay * p
+    _set(new[0], path, p - learning_rate * update)
+    _set(new[1], path, m)
+    _set(new[2], path, v)
+  return new[0], new[1], new[2], count
+
+
+def _get(tree, path):
+  for key in path:
+    tree = tree[key]
+  return tree

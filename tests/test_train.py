@@ -215,19 +215,34 @@ def test_schedule_warms_up_then_decays_to_the_floor(demo_dir):
   assert float(schedule(5)) == pytest.approx(peak / 2)
 
 
-def test_weight_decay_skips_biases_norms_and_embedding_offsets(demo_dir):
+@pytest.mark.parametrize('decay_set,decayed,kept', [
+    # FLIP decays its class token and logit_scale; not its position table.
+    ('flip', {'cls', 'logit_scale'}, {'image_pos', 'text_pos'}),
+    # open_clip decays the position tables; not the class embedding or logit_scale.
+    ('open_clip', {'image_pos', 'text_pos'}, {'cls', 'logit_scale'}),
+    ('kernels', set(), {'cls', 'logit_scale', 'image_pos', 'text_pos'}),
+])
+def test_each_decay_set_decays_what_its_trainer_decays(demo_dir, decay_set, decayed, kept):
   config = micro_config(demo_dir, **{'model.model_img.sincos': False,
-                                     'model.scan_layers': True})
+                                     'model.scan_layers': True, 'decay_set': decay_set})
   model = clip.from_config(config)
   params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config)))
-  mask = optimizer.weight_decay_mask(params['params'])
+  mask = optimizer.weight_decay_mask(params['params'], decay_set)
   blocks = mask['image']['encoder']['blocks']  # stacked: biases and scales are [layers, D]
   assert blocks['mlp']['Dense_0']['kernel'] and blocks['attention']['query']['kernel']
   assert not blocks['mlp']['Dense_0']['bias'] and not blocks['attention']['query']['bias']
   assert not blocks['norm_mlp']['scale'] and not mask['image']['encoder']['norm_out']['scale']
   assert mask['text']['token_embedding']['embedding'] and mask['image']['projection']['kernel']
-  assert not mask['image']['pos_embedding'] and not mask['image']['cls']
-  assert not mask['logit_scale']
+  named = {'cls': mask['image']['cls'], 'logit_scale': mask['logit_scale'],
+           'image_pos': mask['image']['pos_embedding'],
+           'text_pos': mask['text']['pos_embedding']}
+  assert {k for k, v in named.items() if v} == decayed
+  assert {k for k, v in named.items() if not v} == kept
+  # The start-up log names the groups with their sizes.
+  text = optimizer.describe_decay(config, params['params'])
+  assert f"on the '{decay_set}' set" in text and 'logit_scale x1 (1)' in text
+  with pytest.raises(ValueError, match="decay_set='some'"):
+    config_checks.check(micro_config(demo_dir, decay_set='some'))
 
 
 def test_several_hosts_are_detected_from_the_environment():
@@ -262,15 +277,26 @@ def test_mesh_larger_than_the_devices_and_unknown_strategy_are_refused(demo_dir)
     config_checks.check(micro_config(demo_dir, grad_accum_steps=3))
 
 
-def test_bfloat16_first_moment_halves_its_memory(demo_dir):
-  config = micro_config(demo_dir, opt_mu_dtype='bfloat16')
+def test_first_moment_dtype_as_flip_behaves_or_bfloat16_for_good(demo_dir):
   params = {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones((4,))}
-  state = optimizer.make_optimizer(config).init(params)
-  adam = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, 'mu'))
-          if hasattr(s, 'mu')][0]
-  assert adam.mu['kernel'].dtype == jnp.bfloat16 and adam.nu['kernel'].dtype == jnp.float32
+  grads = {'kernel': jnp.full((4, 4), 0.1), 'bias': jnp.full((4,), 0.1)}
+
+  def moment_dtypes(**overrides):
+    tx = optimizer.make_optimizer(micro_config(demo_dir, **overrides))
+    state = tx.init(params)
+    _, state = tx.update(grads, state, params)
+    adam = [s for s in jax.tree.leaves(state, is_leaf=lambda x: hasattr(x, 'mu'))
+            if hasattr(s, 'mu')][0]
+    return adam.mu['kernel'].dtype, adam.nu['kernel'].dtype
+
+  # FLIP's opt_mu_dtype: its AdamW never casts the moment back, so it is float32.
+  assert moment_dtypes(opt_mu_dtype='bfloat16') == (jnp.float32, jnp.float32)
+  # opt.mu_dtype keeps it in bfloat16 (half the memory); the second moment stays float32.
+  assert moment_dtypes(**{'opt.mu_dtype': 'bfloat16'}) == (jnp.bfloat16, jnp.float32)
   with pytest.raises(ValueError, match='opt_mu_dtype'):
     config_checks.check(micro_config(demo_dir, opt_mu_dtype='float8'))
+  with pytest.raises(ValueError, match='opt.mu_dtype'):
+    config_checks.check(micro_config(demo_dir, **{'opt.mu_dtype': 'float8'}))
 
 
 @pytest.mark.parametrize('field,value,message', [
