@@ -95,6 +95,13 @@ def _open_clip_decays(names):
   return names[-1] not in ('bias', 'scale', 'cls', 'logit_scale')
 
 
+def _aclip_decays(names):
+  # A-CLIP's main.py:111-118: p.ndim < 2 or 'bias', 'ln' or 'bn' in the name is not
+  # decayed. Its image tower is timm's, whose class token is [1, 1, D]: decayed, unlike
+  # open_clip's 1-D class embedding; logit_scale is 0-D.
+  return names[-1] not in ('bias', 'scale', 'logit_scale')
+
+
 def _kernels_decay(names):
   return names[-1] in ('kernel', 'embedding')
 
@@ -102,6 +109,7 @@ def _kernels_decay(names):
 DECAY_SETS: Dict[str, Callable] = {
     'flip': _flip_decays,
     'open_clip': _open_clip_decays,
+    'aclip': _aclip_decays,
     'kernels': _kernels_decay,
 }
 

@@ -7,6 +7,7 @@ from PIL import Image, ImageDraw
 
 import partitioning
 from models import clip
+from masking import view_geometry
 from train_step import TrainState, teacher_forward
 
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
@@ -52,17 +53,44 @@ def heat_map(frequency, grid_hw, title, cell=24):
 
 
 
-def example_grid(model, policy, state: TrainState, images, rng, mesh):
-  """Training images (uint8) with the patches `policy` drops greyed out, as one uint8
-  picture."""
-  scores = None
-  if policy.needs_scores:
-    scores = jax.jit(lambda ema_params, x: teacher_forward(model, ema_params,
-                                                           clip.normalize_pixels(model, x)),
-                     out_shardings=partitioning.replicated(mesh))(
-                         state.ema_params, partitioning.replicate(mesh, images))[1]
-    scores = jnp.asarray(scores.addressable_data(0))
-  keep = policy(rng, clip.normalize_pixels(model, images), scores)
-  kept = (np.ones((len(images), policy.num_patches), bool) if keep is None
+def _teacher_scores(model, state: TrainState, images, mesh):
+  scores = jax.jit(lambda ema_params, x: teacher_forward(model, ema_params,
+                                                         clip.normalize_pixels(model, x)),
+                   out_shardings=partitioning.replicated(mesh))(
+                       state.ema_params, partitioning.replicate(mesh, images))[1]
+  return jnp.asarray(scores.addressable_data(0))
+
+
+def kept_patches(policy, keep, rows):
+  return (np.ones((rows, policy.num_patches), bool) if keep is None
           else keep_mask(*keep, policy.num_patches))
-  return masked_grid(images, kept, policy.grid_hw)
+
+
+def example_grid(model, policy, state: TrainState, examples, rng, mesh):
+  """Training examples ({'image': uint8 [B, H, W, 3]}, a batch's) with the patches `policy`
+  drops greyed out, as one uint8 picture; with separate view crops, views_grid's."""
+  images = examples['image']
+  scores = _teacher_scores(model, state, images, mesh) if policy.needs_scores else None
+  normalize = lambda x: clip.normalize_pixels(model, x)
+  if 'views' in examples:
+    return views_grid(policy, rng, examples, scores, normalize)
+  keep = policy(rng, normalize(images), scores)
+  return masked_grid(images, kept_patches(policy, keep, len(images)), policy.grid_hw)
+
+
+def views_grid(policy, rng, examples, scores, normalize):
+  """Separate view crops (A-CLIP's): a row per example, the teacher's crop whole, then each
+  view with the patches it drops greyed out. `scores`: the teacher's attention on its crop
+  (attentive policy), mapped onto each view as in training."""
+  images, views = np.asarray(examples['image']), np.asarray(examples['views'])
+  batch, num_views = views.shape[:2]
+  view_images = [normalize(views[:, v]) for v in range(num_views)]
+  kept = [np.ones((batch, policy.num_patches), bool)]
+  for v, key in enumerate(jax.random.split(rng, num_views)):
+    view_scores = None if scores is None else view_geometry.attention_on_view(
+        scores, policy.grid_hw, examples['crop_boxes'][:, v], examples['crop_boxes'][:, -1])
+    kept.append(kept_patches(policy, policy(key, view_images[v], view_scores), batch))
+  tiles = np.concatenate([images[:, None], views], 1)  # [B, 1 + V, H, W, 3]
+  return masked_grid(tiles.reshape(-1, *tiles.shape[2:]),
+                     np.stack(kept, 1).reshape(batch * (1 + num_views), -1),
+                     policy.grid_hw, columns=1 + num_views)

@@ -247,7 +247,9 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     if policy_at_eval.name != 'none':  # masked inference uses the calibrated threshold
       evaluations = evaluators.build(config, model, mesh, tokenizer)
   batches = itertools.chain([first_batch], batches)
-  examples = first_batch['image'][:8]  # shown masked in TensorBoard every vis_every_epochs
+  # Shown masked in TensorBoard every vis_every_epochs.
+  examples = {k: first_batch[k][:8] for k in ('image', 'views', 'crop_boxes')
+              if k in first_batch}
   step_fn = train_step.jit_train_step(config, model, policy, objective, state, mesh)
   logging.info('Training %s for steps %d..%d on %d devices, mesh %s (%s masking, %d of %d '
                'patches kept), shards: %d %s files', workdir, start_step, total_steps,

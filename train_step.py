@@ -58,6 +58,11 @@ def objective_of(config, policy) -> Objective:
                          config.model.clr.tau_learnable else 0.0))
 
 
+def clamp_logit_scale(params, bound: float):
+  """open_clip's clamp of logit_scale to [0, bound] after each update."""
+  return {**params, 'logit_scale': jnp.clip(params['logit_scale'], 0.0, bound)}
+
+
 def teacher_part(params):
   """The parameters the EMA teacher tracks."""
   return {k: v for k, v in params.items() if k in ('image', 'projector')}
@@ -229,8 +234,7 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
 
   state = state.apply_gradients(grads=grads)
   if objective.clamp_logit_scale > 0:
-    state = state.replace(params={**state.params, 'logit_scale': jnp.clip(
-        state.params['logit_scale'], 0.0, objective.clamp_logit_scale)})
+    state = state.replace(params=clamp_logit_scale(state.params, objective.clamp_logit_scale))
   if objective.use_teacher:
     momentum = objective.momentum(state.step)
     state = state.replace(ema_params=jax.tree.map(

@@ -117,7 +117,8 @@ def get_config():
   #   flip       every one but biases, norm scales and position tables: the class token
   #              and logit_scale are decayed (FLIP's code, not its comment)
   #   open_clip  kernels, the token table and the position tables, not biases, norm
-  #              scales, the class token or logit_scale (open_clip's and A-CLIP's rule)
+  #              scales, the class token or logit_scale (open_clip's rule)
+  #   aclip      open_clip's and the class token (A-CLIP's rule on timm's image tower)
   #   kernels    kernels and the token table only
   config.decay_set = 'flip'
 
@@ -432,4 +433,42 @@ def set_size(config, name: str):
     cfg.transformer.mlp_dim = 4 * width
   config.model.model_img.patches.size = (size['patch'], size['patch'])
   config.model.clr.proj_dim_out = size['embed']
+  return config
+
+
+def open_clip_training(config, *, learning_rate: float, warmup_steps: int,
+                       crop_scale=(0.9, 1.0)):
+  """open_clip's training loop (open_clip_train), whose recipes GLIP and Masking Clusters ran.
+
+  The learning rate is absolute; warmup in steps; AdamW betas (0.9, 0.98), eps 1e-6 and
+  weight decay 0.2 on open_clip's set; logit_scale clamped after each update;
+  torchvision's RandomResizedCrop with `crop_scale` (open_clip's default 0.9-1.0), bicubic,
+  no flip; mixed precision (bfloat16 here, float16 with a loss scaler there).
+  """
+  config.abs_learning_rate = learning_rate
+  config.warmup_steps = warmup_steps
+  config.opt.b1, config.opt.b2, config.opt.eps = 0.9, 0.98, 1e-6
+  config.opt.weight_decay = 0.2
+  config.decay_set = 'open_clip'
+  config.model.clr.logit_scale_clamp = 'after_update'
+  config.aug.crop_ver = 'rrc'
+  config.aug.area_range = tuple(crop_scale)
+  config.aug.flip = False
+  config.model.dtype = 'bfloat16'
+  config.min_abs_lr = 0.0  # open_clip's cosine ends at 0
+  return config
+
+
+# Conceptual Captions 12M as GLIP and Masking Clusters counted it.
+CC12M_SAMPLES = 10_968_539
+
+
+def unmasked_tuning(config, *, learning_rate: float, batch_size: int, epochs: float = 1.0):
+  """Tuning without masking after masked training (FLIP's and GLIP's last step): every patch,
+  from the weights of `pretrain_dir`, no warmup."""
+  config.model.model_img.mask_ratio = 0.0
+  config.abs_learning_rate = learning_rate
+  config.batch_size = batch_size
+  config.num_epochs = epochs
+  config.warmup_steps, config.warmup_epochs = 0, 0.0
   return config

@@ -14,6 +14,10 @@ files:
       `tokens` ([N, L] ids), by each model in turn (one process: open_clip imports slowly)
   python tests/open_clip_reference.py tokenize --captions=CAPTIONS.json --out=OUT.npz
       open_clip's token ids for each caption ([N, 77])
+  python tests/open_clip_reference.py optimise --model local-dir:DIR --grads=GRADS.safetensors \
+      --settings=JSON --out OUT.safetensors
+      the model after `steps` steps of open_clip_train's AdamW, schedule and logit_scale
+      clamp, each with the same gradients (open_clip's names)
   python tests/open_clip_reference.py clip_benchmark eval ARGS...
       CLIP_benchmark's own command line. Its top-k accuracy converts a one-element array to a
       float, which numpy 2.4 refuses (CLIP_benchmark issue 147, open): the same count is
@@ -94,19 +98,55 @@ def clip_benchmark(argv):
   cli.main()
 
 
+def optimise(args):
+  """open_clip_train's optimiser set-up, schedule and clamp (open_clip_torch 3.3.0): steps of
+  the model in --model, every step with the gradients in --grads."""
+  import math  # pylint: disable=g-import-not-at-top
+  import open_clip  # pylint: disable=g-import-not-at-top
+  from open_clip_train.scheduler import cosine_lr  # pylint: disable=g-import-not-at-top
+  from safetensors.torch import load_file, save_file  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  settings = json.loads(args.settings)
+  model = open_clip.create_model(args.model[0], pretrained=None)
+  grads = load_file(args.grads)
+  named_parameters = list(model.named_parameters())
+  # open_clip_train/main.py:335-351: the two parameter groups and AdamW.
+  exclude = (lambda n, p: p.ndim < 2 or 'bn' in n or 'ln' in n or 'bias' in n
+             or 'logit_scale' in n)
+  include = lambda n, p: not exclude(n, p)
+  gain_or_bias_params = [p for n, p in named_parameters if exclude(n, p) and p.requires_grad]
+  rest_params = [p for n, p in named_parameters if include(n, p) and p.requires_grad]
+  optimizer = torch.optim.AdamW(
+      [{'params': gain_or_bias_params, 'weight_decay': 0.},
+       {'params': rest_params, 'weight_decay': settings['wd']}],
+      lr=settings['lr'], betas=(settings['beta1'], settings['beta2']), eps=settings['eps'])
+  # open_clip_train/main.py:409-411 and train.py:86-89: the scheduler sets step s's rate.
+  scheduler = cosine_lr(optimizer, settings['lr'], settings['warmup'], settings['total_steps'])
+  for step in range(settings['steps']):
+    scheduler(step)
+    for name, param in named_parameters:
+      param.grad = grads[name].reshape(param.shape).clone()
+    optimizer.step()
+    with torch.no_grad():  # open_clip_train/train.py:187-189
+      model.logit_scale.clamp_(0, math.log(100))
+  save_file({k: v.contiguous() for k, v in model.state_dict().items()}, args.out[0])
+
+
 def main():
   if sys.argv[1:2] == ['clip_benchmark']:
     clip_benchmark(sys.argv[2:])
     return
   parser = argparse.ArgumentParser()
-  parser.add_argument('command', choices=('make', 'embed', 'tokenize'))
+  parser.add_argument('command', choices=('make', 'embed', 'tokenize', 'optimise'))
   parser.add_argument('--model', nargs='+', default=['ViT-B-16'])
   parser.add_argument('--out', nargs='+', required=True)
   parser.add_argument('--seed', type=int, default=0)
   parser.add_argument('--inputs')
   parser.add_argument('--captions')
+  parser.add_argument('--grads')
+  parser.add_argument('--settings')
   args = parser.parse_args()
-  {'make': make, 'embed': embed, 'tokenize': tokenize}[args.command](args)
+  {'make': make, 'embed': embed, 'tokenize': tokenize, 'optimise': optimise}[args.command](args)
 
 
 if __name__ == '__main__':

@@ -13,11 +13,15 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import pytest
 import tensorflow as tf
 
 import checkpoints
+import masking
+import optimizer
 import train
+import train_step
 from configs import default
 from configs import openclip_vit_b16
 from foreign_weights import open_clip_state
@@ -314,3 +318,47 @@ def test_clip_benchmark_on_an_export_gives_the_projects_numbers(open_clip_run, m
   assert abs(zeroshot['acc5'] - ours['zeroshot/top5']) <= 1 / 64 + 1e-6, (zeroshot, ours)
   assert abs(zeroshot['mean_per_class_recall'] -
              ours['zeroshot/mean_per_class_recall']) <= 1 / 64 + 1e-6, (zeroshot, ours)
+
+
+def test_open_clips_optimiser_semantics_give_open_clips_parameters(demo_dir, tmp_path):
+  """Three steps of open_clip_train's parameter groups, AdamW, schedule and clamp from the
+  same weights and gradients as three of this project's, with open_clip's semantics set."""
+  settings = dict(lr=2e-3, warmup=2, total_steps=6, wd=0.2, beta1=0.9, beta2=0.98, eps=1e-6,
+                  steps=3)
+  config = default.open_clip_towers(micro_config(demo_dir, **{
+      'abs_learning_rate': settings['lr'], 'warmup_steps': settings['warmup'],
+      'total_steps': settings['total_steps'], 'opt.weight_decay': settings['wd'],
+      'opt.b2': settings['beta2'], 'opt.eps': settings['eps'], 'decay_set': 'open_clip',
+      'model.clr.logit_scale_clamp': 'after_update', 'model.model_img.sincos': False}))
+  model = clip.from_config(config)
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config))
+                    ['params'])
+  # Near its bound, and pushed up: the clamp after each update holds it at log(100).
+  params['logit_scale'] = jax.numpy.float32(4.603)
+  rng = np.random.default_rng(0)
+  grads = jax.tree.map(lambda p: rng.standard_normal(p.shape).astype(np.float32), params)
+  grads['logit_scale'] = np.float32(-1.0)
+  open_clip_state.export(params, config, str(tmp_path / 'start'))
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  save_file(open_clip_state.from_params(grads, config), str(tmp_path / 'grads.safetensors'))
+  reference('optimise', '--model', f'local-dir:{tmp_path / "start"}',
+            f'--grads={tmp_path / "grads.safetensors"}', f'--settings={json.dumps(settings)}',
+            '--out', tmp_path / 'after.safetensors')
+
+  tx = optimizer.make_optimizer(config)
+  opt_state = tx.init(params)
+  bound = train_step.objective_of(config, masking.get_policy(config)).clamp_logit_scale
+  for _ in range(settings['steps']):
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = train_step.clamp_logit_scale(optax.apply_updates(params, updates), bound)
+  ours = open_clip_state.from_params(params, config)
+  theirs = open_clip_state.read_state_dict(str(tmp_path / 'after.safetensors'))
+  assert ours.keys() == theirs.keys()
+  gaps = {k: float(np.abs(ours[k] - theirs[k]).max()) for k in ours}
+  worst = max(gaps, key=gaps.get)
+  assert gaps[worst] <= 1e-6, (worst, gaps[worst])
+  assert float(theirs['logit_scale']) == pytest.approx(np.log(100), abs=1e-6)
+  # The start moved by about three learning rates: the check is not of unchanged weights.
+  start = open_clip_state.read_state_dict(
+      str(tmp_path / 'start' / 'open_clip_model.safetensors'))
+  assert np.abs(theirs['visual.proj'] - start['visual.proj']).max() > 1e-3

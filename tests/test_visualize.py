@@ -33,3 +33,16 @@ def test_masked_grid_greys_exactly_the_dropped_patches():
 def test_keep_mask_counts_only_valid_tokens():
   kept = pictures.keep_mask(np.array([[3, 1, 0]]), np.array([[True, True, False]]), 4)
   assert kept.tolist() == [[False, True, False, True]]
+
+
+def test_separate_view_crops_are_pictured_view_by_view(tmp_path, demo_dir):
+  config = micro_config(demo_dir, **{'model.model_img.masking.num_views': 2,
+                                     'model.model_img.masking.view_crops': 'separate'})
+  paths = visualize.write_pictures(config, str(tmp_path), draws=16, examples=3)
+  assert str(tmp_path / 'views_attentive.png') in paths
+  picture = np.asarray(Image.open(tmp_path / 'views_attentive.png'))
+  assert picture.shape == (3 * 34, 3 * 34, 3)  # per example: the teacher's crop, two views
+  # Each view greys some patches; the teacher's crop none.
+  teacher, view = picture[:32, :32], picture[:32, 34:66]
+  grey = lambda tile: np.all(np.abs(tile.astype(int) - 128) < 40, axis=-1).mean()
+  assert grey(view) > grey(teacher)

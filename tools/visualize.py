@@ -5,6 +5,8 @@
 Writes, per policy, `keep_frequency_POLICY.png` (how often each grid position is kept over
 many draws, as a heat map on the patch grid) and `examples_POLICY.png` (demo images with the
 masked patches greyed out), plus `gaussian_sigma_S.png` for GLIP's sigmas 0.1, 0.2 and 0.8.
+With separate view crops (masking.view_crops='separate', A-CLIP's) it also writes
+`views_attentive.png`: per example the teacher's crop, then each view with what it keeps.
 The attentive policy scores patches with the EMA teacher of --checkpoint when given, else
 with a freshly initialised image tower.
 """
@@ -25,7 +27,7 @@ from PIL import Image
 
 import checkpoints
 import masking
-from pictures import heat_map, keep_mask, masked_grid
+from pictures import heat_map, keep_mask, masked_grid, views_grid
 from models import clip
 from models import pixels
 
@@ -57,20 +59,21 @@ def teacher_scores(config, images, checkpoint):
   return scores
 
 
-def demo_images(config, count):
+def demo_batch(config, count):
   from input_pipeline import laion, tokenizer  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.batch_size = count
   shards = laion.list_shards(config.laion_path)
   dataset = laion.train_dataset(config, tokenizer.from_config(config), shards,
                                 seed=config.seed_tf)
-  return jnp.asarray(next(dataset.as_numpy_iterator())['image'])
+  return next(dataset.as_numpy_iterator())
 
 
 def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
   os.makedirs(out_dir, exist_ok=True)
   grid_hw = masking.grid_of(config)
-  images = demo_images(config, examples)
+  batch = demo_batch(config, examples)
+  images = jnp.asarray(batch['image'])
   pool = pixels.normalize(jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws],
                           *pixels.of_config(config))
   scores = teacher_scores(config, pool, checkpoint)
@@ -89,6 +92,14 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
     path_examples = os.path.join(out_dir, f'examples_{name}.png')
     Image.fromarray(masked_grid(images, kept[:examples], grid_hw)).save(path_examples)
     written += [path, path_examples]
+  if 'views' in batch:
+    attentive = masking.get_policy(policy_config(config, 'attentive'))
+    normalize = lambda x: pixels.normalize(x, *pixels.of_config(config))
+    teacher = teacher_scores(config, normalize(images), checkpoint)
+    path = os.path.join(out_dir, 'views_attentive.png')
+    Image.fromarray(views_grid(attentive, jax.random.PRNGKey(5), batch, teacher,
+                               normalize)).save(path)
+    written.append(path)
   for sigma in (0.1, 0.2, 0.8):
     keep_idx = masking.gaussian_keep(jax.random.PRNGKey(7), 4000, (14, 14), 98, sigma)
     path = os.path.join(out_dir, f'gaussian_sigma_{sigma}.png')
