@@ -127,7 +127,7 @@ def _decay_set_of(config) -> str:
 def weight_decay_mask(params, decay_set: str = 'flip', frozen=()):
   """True where AdamW decays: the named set (configs/default.py: decay_set; 'all' for
   exclude_wd=False), frozen parameters never."""
-  decays = DECAY_SETS.get(decay_set, lambda names: True)
+  decays = (lambda names: True) if decay_set == 'all' else DECAY_SETS[decay_set]
   return jax.tree_util.tree_map_with_path(
       lambda path, _: decays(_names(path)) and not is_frozen(_names(path), frozen), params)
 
@@ -135,8 +135,9 @@ def weight_decay_mask(params, decay_set: str = 'flip', frozen=()):
 def frozen_names(config):
   """Path prefixes of parameters that are never updated (A-CLIP freezes the patch
   embedding, as MoCo v3 does)."""
-  return (('image', 'patch_embedding'),) if config.model.model_img.freeze_patch_embedding \
-      else ()
+  if config.model.model_img.freeze_patch_embedding:
+    return (('image', 'patch_embedding'),)
+  return ()
 
 
 def is_frozen(names, frozen) -> bool:

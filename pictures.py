@@ -7,8 +7,7 @@ from PIL import Image, ImageDraw
 
 import partitioning
 from models import clip
-from masking import view_geometry
-from train_step import TrainState, teacher_forward
+from train_step import TrainState, separate_view_inputs, teacher_forward
 
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
 RAMP = np.array([[20, 30, 90], [30, 140, 140], [250, 230, 60]], np.float32)
@@ -52,7 +51,6 @@ def heat_map(frequency, grid_hw, title, cell=24):
   return picture
 
 
-
 def _teacher_scores(model, state: TrainState, images, mesh):
   scores = jax.jit(lambda ema_params, x: teacher_forward(model, ema_params,
                                                          clip.normalize_pixels(model, x)),
@@ -84,12 +82,11 @@ def views_grid(policy, rng, examples, scores, normalize):
   (attentive policy), mapped onto each view as in training."""
   images, views = np.asarray(examples['image']), np.asarray(examples['views'])
   batch, num_views = views.shape[:2]
-  view_images = [normalize(views[:, v]) for v in range(num_views)]
+  view_images, view_scores = separate_view_inputs(normalize, policy.grid_hw, examples, scores)
   kept = [np.ones((batch, policy.num_patches), bool)]
   for v, key in enumerate(jax.random.split(rng, num_views)):
-    view_scores = None if scores is None else view_geometry.attention_on_view(
-        scores, policy.grid_hw, examples['crop_boxes'][:, v], examples['crop_boxes'][:, -1])
-    kept.append(kept_patches(policy, policy(key, view_images[v], view_scores), batch))
+    keep = policy(key, view_images[v], None if view_scores is None else view_scores[v])
+    kept.append(kept_patches(policy, keep, batch))
   tiles = np.concatenate([images[:, None], views], 1)  # [B, 1 + V, H, W, 3]
   return masked_grid(tiles.reshape(-1, *tiles.shape[2:]),
                      np.stack(kept, 1).reshape(batch * (1 + num_views), -1),

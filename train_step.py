@@ -152,16 +152,15 @@ def kept_fraction(policy, keep_idx, valid, rows):
   return valid.sum(axis=1) / policy.num_patches
 
 
-def separate_view_inputs(model, policy, batch, scores):
-  """With separate view crops: each view's normalised pixels [B, ...] and, for the
-  attentive policy, the teacher's attention cut and resized onto its grid."""
-  views = [clip.normalize_pixels(model, batch['views'][:, v])
-           for v in range(batch['views'].shape[1])]
+def separate_view_inputs(normalize, grid_hw, batch, scores):
+  """With separate view crops: each view's normalised pixels [B, ...] and, when the teacher
+  scored its crop, its attention cut and resized onto each view's grid."""
+  views = [normalize(batch['views'][:, v]) for v in range(batch['views'].shape[1])]
   if scores is None:
     return views, None
   boxes = batch['crop_boxes']
-  return views, [view_geometry.attention_on_view(scores, policy.grid_hw, boxes[:, v],
-                                                 boxes[:, -1]) for v in range(len(views))]
+  return views, [view_geometry.attention_on_view(scores, grid_hw, boxes[:, v], boxes[:, -1])
+                 for v in range(len(views))]
 
 
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
@@ -175,7 +174,8 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
   if objective.use_teacher:
     teacher_features, scores = teacher_forward(model, state.ema_params, images)
   if 'views' in batch:
-    view_list, view_scores = separate_view_inputs(model, policy, batch, scores)
+    view_list, view_scores = separate_view_inputs(
+        lambda x: clip.normalize_pixels(model, x), policy.grid_hw, batch, scores)
     keep_idx, valid = sample_views(policy, mask_rng, view_list, view_scores, views)
     images = jnp.stack(view_list, axis=1)  # [B, V, ...]: micro-batches split the examples
   else:

@@ -35,9 +35,8 @@ class CLIP(nn.Module):
   """A learnable logit scale starts at `init_logit_scale` and is clipped to
   [0, max_logit_scale] in the forward pass, as FLIP's (unless `clip_logit_scale` is off:
   open_clip clamps the parameter after each update instead, train_step.py); a fixed one is
-  used as it is. `pixel_mean` and
-  `pixel_std` are the statistics the image tower's inputs are normalised with
-  (`normalize_pixels`)."""
+  used as it is. `pixel_mean` and `pixel_std` are the statistics the image tower's inputs
+  are normalised with (`normalize_pixels`)."""
   image: VisionTower
   text: TextTower
   init_logit_scale: float = float(np.log(1 / 0.07))

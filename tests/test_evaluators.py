@@ -143,18 +143,19 @@ def test_evaluation_configs_are_checked_by_name(demo_dir):
 
 def test_glip_table_evaluates_masked_unmasked_and_tuned(tmp_path, trained):
   from tools import glip_table  # pylint: disable=g-import-not-at-top
-  policy, ratio, results = glip_table.evaluate_run(str(trained), str(tmp_path / 'run'),
-                                                   tune_steps=2, tune_lr_scale=0.1)
-  assert (policy, ratio) == ('random', 0.5)
+  # Tuned at a larger size than trained, as RECLIP's row is.
+  policy, ratio, size, results = glip_table.evaluate_run(
+      str(trained), str(tmp_path / 'run'), tune_steps=2, tune_lr_scale=0.1, tune_image_size=48)
+  assert (policy, ratio, size) == ('random', 0.5, 32)
   for column in glip_table.COLUMNS:
     assert 0 <= results[column]['zeroshot/top1'] <= 1, column
-  # Tuning trained its steps without masking, from the run's weights.
+  # Tuning trained its steps without masking, from the run's weights, on 48-pixel images.
   tuned_rows = [r for r in metrics_rows(tmp_path / 'run' / 'tuned') if 'train_loss' in r]
   assert [r['step'] for r in tuned_rows] == [1, 2]
-  assert all(r['kept_patches'] == 16 for r in tuned_rows)
-  rows = [('trained', policy, ratio, results, glip_table.training_speed(str(trained)))]
+  assert all(r['kept_patches'] == 36 for r in tuned_rows)
+  rows = [('trained', policy, ratio, size, results, glip_table.training_speed(str(trained)))]
   text = glip_table.table(rows, ['zeroshot/top1'])
-  assert text.splitlines()[2].startswith('| trained | random | 0.5 |')
+  assert text.splitlines()[2].startswith('| trained | random | 0.5 | 32 |')
   glip_table.figure(rows, ['zeroshot/top1'], str(tmp_path / 'table.png'))
   assert Image.open(tmp_path / 'table.png').size[0] > 100
 
