@@ -98,19 +98,49 @@ def saving(manager: ocp.CheckpointManager, call, *args, **kwargs):
 
 
 def step_to_resume(manager: ocp.CheckpointManager, resume_step: int) -> int:
-  """The newest step, or `resume_step` (> 0); the checkpoints after it are deleted, since
-  the run goes on from there and will write those steps again."""
+  """The newest step, or `resume_step` (> 0). Nothing is deleted here: set_aside_later
+  moves the later steps out of the way once this one is restored."""
   steps = sorted(manager.all_steps())
   if resume_step <= 0:
     return steps[-1]
   if resume_step not in steps:
     raise CheckpointError(f'config.resume_step={resume_step}: no such checkpoint in '
                           f'{manager.directory}; it holds steps {steps}')
-  for later in (s for s in steps if s > resume_step):
-    logging.warning('config.resume_step=%d: deleting the later checkpoint %s/%d', resume_step,
-                    manager.directory, later)
-    manager.delete(later)
   return resume_step
+
+
+def set_aside_later(directory: str, step: int):
+  """Moves the checkpoints after `step` out of `directory` (a run's own checkpoints/, which
+  a run resumed at `step` will write again) into DIRECTORY_after_STEP[_N]/; returns where
+  they went, or None when there were none."""
+  later = [s for s in _finished_steps(directory) if s > step]
+  if not later:
+    return None
+  target = f'{directory.rstrip(os.sep)}_after_{step}'
+  suffix = 1
+  while os.path.exists(target):
+    suffix += 1
+    target = f'{directory.rstrip(os.sep)}_after_{step}_{suffix}'
+  os.makedirs(target)
+  for s in later:
+    os.rename(os.path.join(directory, str(s)), os.path.join(target, str(s)))
+  return target
+
+
+def other_run(path: str) -> ocp.CheckpointManager:
+  """The checkpoints of another run (config.resume_dir: its workdir or checkpoints/ folder),
+  read only: nothing is created or deleted there."""
+  directory = os.path.abspath(path)
+  if os.path.isdir(os.path.join(directory, 'checkpoints')):
+    directory = os.path.join(directory, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'config.resume_dir={path!r}: no such directory')
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=False, read_only=True))
+  if manager.latest_step() is None:
+    raise FileNotFoundError(f'config.resume_dir={path!r} holds no checkpoint (expected a '
+                            'run\'s workdir or its checkpoints/ folder)')
+  return manager
 
 
 def restore_or_explain(manager: ocp.CheckpointManager, state: TrainState, step: int):
@@ -183,6 +213,18 @@ def foreign_format(path: str):
   if open_clip_state.find(path) is not None:
     return 'an open_clip'
   return None
+
+
+def check_pretrained(path: str):
+  """Fails at start-up, naming config.pretrain_dir, when `path` holds no weights to load."""
+  absolute = os.path.abspath(path)
+  if flip_t5x.find_step_dir(absolute) is not None or open_clip_state.find(absolute):
+    return
+  try:
+    latest_step_dir(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'config.pretrain_dir: {e}; expected a run of this project, a '
+                            'FLIP release or an open_clip checkpoint') from e
 
 
 def load_pretrained_params(path: str, params):

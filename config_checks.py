@@ -1,6 +1,7 @@
 """Start-up checks of a run config: each failure names the field and what was expected."""
 
 import json
+import math
 import os
 
 import ml_collections
@@ -107,6 +108,12 @@ def check(config):
            f'{sorted(optimizer.DECAY_SETS)}')
   for field in ('abs_learning_rate', 'warmup_steps', 'shuffle_buffer'):
     _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0: unset)')
+  for field in ('learning_rate', 'abs_learning_rate', 'min_abs_lr', 'warmup_abs_lr',
+                'warmup_epochs'):
+    _require(math.isfinite(config[field]) and config[field] >= 0,
+             f'config.{field}={config[field]}: expected a finite value >= 0')
+  _require(config.batch_size >= 2, f'config.batch_size={config.batch_size}: the contrastive '
+           'loss needs at least 2 examples per batch (1 scores 0 at every step)')
   optimizer.steps_per_epoch(config)  # at least one whole step per epoch
   _require(config.model.clr.logit_scale_clamp in ('forward', 'after_update'),
            f'config.model.clr.logit_scale_clamp={config.model.clr.logit_scale_clamp!r}: '
@@ -143,7 +150,7 @@ def check(config):
 
 # Fields that define what a run trains: a resume may change them only when the user says so.
 TRAINED = ('model.', 'aug.', 'batch_size', 'image_size', 'laion_path', 'samples_per_epoch',
-           'seed_jax', 'seed_tf')
+           'seed_jax', 'seed_tf', 'shuffle_buffer', 'num_parallel_reads')
 # Set by the run itself (the calibrated cluster threshold), or how to resume, not a choice.
 NOT_COMPARED = ('model.model_img.masking.threshold', 'resume_step', 'resume_dir',
                 'pretrain_dir', 'accept_config_changes')
@@ -191,21 +198,38 @@ def saved_config(workdir: str) -> ml_collections.ConfigDict:
   """The config a run saved in WORKDIR/config.json. Fields added to the project after it was
   saved get their defaults, which are what that run trained with."""
   path = os.path.join(workdir, 'config.json')
-  if not os.path.isfile(path):
+  saved = read_saved(path)
+  if saved is None:
     raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
-  with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  config = ml_collections.ConfigDict(saved)
   _fill_defaults(config, default.get_config())
   return config
 
 
-def check_resume(config, saved_config_path: str) -> dict:
-  """The changes since the config saved with the checkpoints being resumed; ConfigChanged when
-  some change what is trained and config.accept_config_changes is off."""
-  if not os.path.isfile(saved_config_path):
+def read_saved(path: str):
+  """The config saved at `path` (a dict), None when there is none; a file that is not a
+  config is an error naming it."""
+  if not os.path.isfile(path):
+    return None
+  try:
+    with open(path) as f:
+      saved = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f'{path} is not a readable config ({type(e).__name__}: {e}); restore it '
+                     'from a copy, or move it away to resume without the check of config '
+                     'changes') from e
+  if not isinstance(saved, dict):
+    raise ValueError(f'{path} is not a config (a JSON object was expected)')
+  return saved
+
+
+def check_resume(config, saved) -> dict:
+  """The changes since `saved` (the config the resumed checkpoint was trained with, a dict;
+  None: unknown); ConfigChanged when some change what is trained and
+  config.accept_config_changes is off."""
+  if saved is None:
     return {}
-  with open(saved_config_path) as f:
-    changes = changes_since(json.load(f), config)
+  changes = changes_since(saved, config)
   trained = {k: v for k, v in changes.items() if k.startswith(TRAINED)}
   if trained and not config.accept_config_changes:
     listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in trained.items())

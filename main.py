@@ -129,6 +129,8 @@ def main(argv):
   except preemption.Preempted as e:
     # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
     _exit_with(str(e), e.exit_status)
+  except train.Interrupted as e:
+    _exit_with(f'interrupted: {e}', 130)
   except KeyboardInterrupt:
     _exit_with('interrupted (Ctrl-C) before training began; nothing was saved', 130)
   except USER_ERRORS as e:

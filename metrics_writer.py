@@ -2,11 +2,14 @@
 
 import json
 import os
+from typing import Optional
 
 from clu import metric_writers
 from clu.metric_writers import interface
 import jax
 import numpy as np
+
+import atomic_files
 
 
 class JsonlWriter(interface.MetricWriter):
@@ -15,7 +18,14 @@ class JsonlWriter(interface.MetricWriter):
   Only scalars have a place in the file; images, texts and the like go to TensorBoard.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, start_step: Optional[int] = None):
+    """A run resumed at `start_step` keeps the rows up to that step and goes on after them:
+    rows of later steps (written before a kill, and to be written again) are dropped. A last
+    line cut short by a kill is removed either way."""
+    rows = read_rows(path)
+    kept = [row for row in rows if start_step is None or row['step'] <= start_step]
+    if os.path.exists(path) and (len(kept) < len(rows) or not _ends_whole(path)):
+      atomic_files.write_text(path, ''.join(json.dumps(row) + '\n' for row in kept))
     self._file = open(path, 'a', encoding='utf-8')
 
   def write_scalars(self, step, scalars):
@@ -52,24 +62,80 @@ class JsonlWriter(interface.MetricWriter):
     self._file.close()
 
 
+def _ends_whole(path: str) -> bool:
+  with open(path, 'rb') as f:
+    f.seek(0, os.SEEK_END)
+    if f.tell() == 0:
+      return True
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) == b'\n'
+
+
+def read_rows(path: str):
+  """The rows of a metrics.jsonl ([] when there is none); a last line cut short (a run
+  killed while writing it) is skipped."""
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding='utf-8') as f:
+    lines = f.read().split('\n')
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      rows.append(json.loads(line))
+    except ValueError as e:
+      if number == len(lines):  # the torn last line
+        continue
+      raise ValueError(f'{path}, line {number}, is not a metrics row ({e})') from e
+  return rows
+
+
 class RunWriter(metric_writers.MultiWriter):
   """Logs, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, start_step: Optional[int] = None):
+    self.workdir = workdir
     self.tensorboard = metric_writers.SummaryWriter(workdir)
     super().__init__([metric_writers.LoggingWriter(), self.tensorboard,
-                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'))])
+                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])
+
+  def _guarded(self, call, *args, **kwargs):
+    """`call`, with a failure to write (a full disk, no permission) said in one line that
+    names the files."""
+    try:
+      return call(*args, **kwargs)
+    except Exception as e:  # pylint: disable=broad-except  (tf.errors and OSError alike)
+      cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+      raise OSError(f'cannot write the metrics in {self.workdir} (metrics.jsonl, TensorBoard '
+                    f'events): {cause}; free some space or fix the permissions, then run the '
+                    'same command to resume from the last checkpoint') from e
+
+  def write_scalars(self, step, scalars):
+    self._guarded(super().write_scalars, step, scalars)
+
+  def write_images(self, step, images):
+    self._guarded(super().write_images, step, images)
+
+  def write_texts(self, step, texts):
+    self._guarded(super().write_texts, step, texts)
+
+  def flush(self):
+    self._guarded(super().flush)
 
   def write_config(self, step: int, config_json: str, flat: dict):
     """The config as text (the whole file) and as hparams (the fields, for comparing runs)."""
-    self.tensorboard.write_texts(step, {'config': f'```\n{config_json}\n```'})
-    self.tensorboard.write_hparams({k: v if isinstance(v, (bool, int, float, str)) else str(v)
-                                    for k, v in flat.items()})
+    self._guarded(self.tensorboard.write_texts, step,
+                  {'config': f'```\n{config_json}\n```'})
+    self._guarded(self.tensorboard.write_hparams,
+                  {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                   for k, v in flat.items()})
 
 
-def create_writer(workdir: str) -> interface.MetricWriter:
-  """Process 0 writes TensorBoard events, logs and metrics.jsonl; other hosts only log."""
+def create_writer(workdir: str, start_step: Optional[int] = None) -> interface.MetricWriter:
+  """Process 0 writes TensorBoard events, logs and metrics.jsonl (a training run resumed at
+  `start_step` goes on from that step's rows); other hosts only log."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
   os.makedirs(workdir, exist_ok=True)
-  return RunWriter(workdir)
+  return RunWriter(workdir, start_step)

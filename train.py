@@ -13,6 +13,7 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+import atomic_files
 import checkpoints
 import config_checks
 import evaluators
@@ -24,6 +25,7 @@ import pictures
 import preemption
 import train_step
 import workdir_lock
+from input_pipeline import feeder as feeder_lib
 from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
@@ -37,6 +39,10 @@ from models import pixels
 _RUN_AHEAD_STEPS = 4
 
 
+class Interrupted(Exception):
+  """A second Ctrl-C stopped training at once; the message says what was saved."""
+
+
 class NonFiniteLossError(FloatingPointError):
   """Raised when training produced NaN or infinite values; nothing was saved after them."""
 
@@ -44,7 +50,9 @@ class NonFiniteLossError(FloatingPointError):
 def _summarize(pending):
   """Device metrics of the steps since the last summary -> their means (skips summed)."""
   rows = jax.device_get(pending)
-  out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+  # In float64, so that a window whose first steps came back from a checkpoint (as Python
+  # floats) gives the uninterrupted run's numbers.
+  out = {k: float(np.mean(np.asarray([r[k] for r in rows], np.float64))) for k in rows[0]}
   out['skipped_records'] = float(np.sum([r['skipped_records'] for r in rows]))
   return out
 
@@ -52,6 +60,20 @@ def _summarize(pending):
 def _all_finite(pending) -> bool:
   rows = jax.device_get(pending)
   return all(np.isfinite(r['train_loss']) and np.isfinite(r['grad_norm']) for r in rows)
+
+
+def _host_rows(pending):
+  """The pending metrics as plain floats, for the checkpoint's run state."""
+  return [{k: float(v) for k, v in row.items()} for row in jax.device_get(pending)]
+
+
+@jax.jit
+def _state_finite(params, opt_state):
+  """Whether every float in the parameters and the optimiser state is finite: a checkpoint
+  is never written from a state that a non-finite learning rate or update has spoilt."""
+  leaves = [x for x in jax.tree.leaves((params, opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
 def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
@@ -75,12 +97,24 @@ def calibrate_cluster_policy(config, images, rng) -> masking.MaskingPolicy:
   return masking.get_policy(config, train=True)
 
 
+def apply_calibration(config, policy, run_state) -> masking.MaskingPolicy:
+  """The cluster threshold a resumed run calibrated before, from its checkpoint, so that
+  training, masked evaluation and the config.json tools read all use it."""
+  threshold = (run_state or {}).get('cluster_threshold')
+  masking_config = config.model.model_img.masking
+  if threshold is None or masking_config.policy != 'cluster' or not masking_config.calibrate:
+    return policy
+  masking_config.threshold = threshold
+  logging.info('Cluster masking: the threshold calibrated before, %.4f', threshold)
+  return masking.get_policy(config, train=True)
+
+
 def save_config(config, workdir: str):
   """WORKDIR/config.json: the run's config, for people and tools (tools/glip_table.py)."""
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    atomic_files.write_text(os.path.join(workdir, 'config.json'),
+                            config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def input_position(run_state) -> int:
@@ -116,10 +150,13 @@ def _saved_config_of(checkpoint_dir: str) -> str:
                       'checkpoints' else checkpoint_dir, 'config.json')
 
 
-def record_config_changes(config, workdir: str, resume_from, step: int):
+def record_config_changes(config, workdir: str, resume_from, step: int, saved=None):
   """Refuses (config_checks.ConfigChanged) or logs and records how the config differs from
-  the one the resumed checkpoints were trained with."""
-  changes = config_checks.check_resume(config, _saved_config_of(str(resume_from.directory)))
+  the one the resumed checkpoint was trained with: `saved`, the config that checkpoint
+  carries, or for older checkpoints the config.json beside them."""
+  if saved is None:
+    saved = config_checks.read_saved(_saved_config_of(str(resume_from.directory)))
+  changes = config_checks.check_resume(config, saved)
   if not changes or jax.process_index() > 0:
     return
   logging.warning('Resuming at step %d with config changes: %s', step, '; '.join(
@@ -139,34 +176,44 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
 
   objective = train_step.objective_of(config, policy)
-  evaluations = evaluators.build(config, model, mesh, tokenizer)  # checks the evaluation data
   foreign = config.resume_dir and checkpoints.foreign_format(config.resume_dir)
   if foreign:
     raise ValueError(f'config.resume_dir={config.resume_dir!r} is {foreign} checkpoint, '
                      'whose optimiser state does not map onto this one; start from its '
                      'weights with config.pretrain_dir instead')
-  checkpoints.check_writable(os.path.join(workdir, 'checkpoints'))
-  manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
+  own_checkpoints = os.path.join(workdir, 'checkpoints')
+  checkpoints.check_writable(own_checkpoints)
+  manager = checkpoints.checkpoint_manager(own_checkpoints, config)
   resume_from = manager
   if config.resume_dir and manager.latest_step() is None:
-    resume_from = checkpoints.checkpoint_manager(os.path.join(config.resume_dir, 'checkpoints')
-                                     if os.path.isdir(os.path.join(config.resume_dir,
-                                                                   'checkpoints'))
-                                     else config.resume_dir, config)
-  if resume_from.latest_step() is not None and not config.eval_only:
-    record_config_changes(config, workdir, resume_from, resume_from.latest_step())
-  writer = metrics_writer.create_writer(workdir)
+    resume_from = checkpoints.other_run(config.resume_dir)
+  resume_step, run_state = None, None
+  if resume_from.latest_step() is not None:
+    resume_step = checkpoints.step_to_resume(resume_from, config.resume_step)
+    run_state = checkpoints.restore_run_state(resume_from, resume_step) or {}
+    if not config.eval_only:
+      record_config_changes(config, workdir, resume_from, resume_step,
+                            run_state.get('config'))
+    policy = apply_calibration(config, policy, run_state)
+  elif config.pretrain_dir:
+    checkpoints.check_pretrained(config.pretrain_dir)
+  evaluations = evaluators.build(config, model, mesh, tokenizer)  # checks the evaluation data
   state = train_step.create_train_state(config, model, init_rng, mesh, objective)
   if not config.eval_only:
     optimizer.log_decay_groups(config, state.params)
-  run_state = None
-  if resume_from.latest_step() is not None:
-    step = checkpoints.step_to_resume(resume_from, config.resume_step)
-    logging.info('Resuming from %s at step %d', resume_from.directory, step)
+  if resume_step is not None:
+    logging.info('Resuming from %s at step %d', resume_from.directory, resume_step)
     if config.pretrain_dir:
       logging.warning('config.pretrain_dir=%s is not loaded: the run resumes from its own '
                       'checkpoint (pretrain_dir only starts a new run)', config.pretrain_dir)
-    state, run_state = checkpoints.restore_or_explain(resume_from, state, step)
+    state, run_state = checkpoints.restore_or_explain(resume_from, state, resume_step)
+    run_state = run_state or {}
+    if resume_from is manager and not config.eval_only:
+      moved = checkpoints.set_aside_later(str(manager.directory), resume_step)
+      if moved:
+        logging.warning('config.resume_step=%d: the later checkpoints were moved to %s',
+                        resume_step, moved)
+        manager = checkpoints.checkpoint_manager(own_checkpoints, config)
   elif config.pretrain_dir:
     logging.info('Initialising weights from %s (optimiser state not loaded)',
                  config.pretrain_dir)
@@ -174,7 +221,9 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     state = state.replace(params=params, ema_params=(
         jax.tree.map(jnp.copy, train_step.teacher_part(params)) if objective.use_teacher else None))
   start_step = int(state.step)
-  save_config(config, workdir)  # once restored: the config the checkpoints go on with
+  writer = metrics_writer.create_writer(workdir, None if config.eval_only else start_step)
+  if not config.eval_only:
+    save_config(config, workdir)  # once restored: the config the checkpoints go on with
   if isinstance(writer, metrics_writer.RunWriter):
     writer.write_config(start_step, config.to_json_best_effort(indent=2, sort_keys=True),
                         config_checks.flat(config_checks.as_json(config)))
@@ -234,19 +283,15 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
                own_files[0])
   batches = dataset.as_numpy_iterator()
   first_batch = next(batches)
-  calibrate = policy.name == 'cluster' and config.model.model_img.masking.calibrate
-  if calibrate and run_state and run_state.get('cluster_threshold') is not None:
-    config.model.model_img.masking.threshold = run_state['cluster_threshold']
-    logging.info('Cluster masking: the threshold calibrated before, %.4f',
-                 config.model.model_img.masking.threshold)
-    policy = masking.get_policy(config, train=True)
-    calibrate = False
+  calibrate = (policy.name == 'cluster' and config.model.model_img.masking.calibrate and
+               (run_state or {}).get('cluster_threshold') is None)
   if calibrate:
     policy = calibrate_cluster_policy(config, first_batch['image'], init_rng)
     save_config(config, workdir)  # with the calibrated threshold, for masked evaluation
     if policy_at_eval.name != 'none':  # masked inference uses the calibrated threshold
       evaluations = evaluators.build(config, model, mesh, tokenizer)
-  batches = itertools.chain([first_batch], batches)
+  # On their own thread: a notice is answered even while the input is stalled.
+  feeder = feeder_lib.Feeder(itertools.chain([first_batch], batches))
   # Shown masked in TensorBoard every vis_every_epochs.
   examples = {k: first_batch[k][:8] for k in ('image', 'views', 'crop_boxes')
               if k in first_batch}
@@ -258,27 +303,29 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps,
                                              every_secs=None)
-  pending, last_saved = [], manager.latest_step()
+  pending = list((run_state or {}).get('pending_metrics', []))
+  last_saved = manager.latest_step()
   started_at = time.time()
   window_start, window_steps, input_wait = time.time(), 0, 0.0
   results: Dict[str, Any] = {}
 
-  def check_finite(step):
+  def check_finite(step, with_state=False):
     """Stops before anything computed from non-finite values is saved."""
-    if _all_finite(pending):
+    if _all_finite(pending) and (not with_state or bool(_state_finite(state.params,
+                                                                       state.opt_state))):
       return
     manager.wait_until_finished()
     where = (f'the last good checkpoint is step {last_saved} in {manager.directory}'
              if last_saved is not None else 'no checkpoint was written')
-    logging.error('Training stopped: the loss became NaN or infinite by step %d; nothing '
-                  'after it was saved; %s.', step, where)
-    raise NonFiniteLossError(f'non-finite loss by step {step}; {where}')
+    logging.error('Training stopped: the loss or the model\'s state became NaN or infinite '
+                  'by step %d; nothing after it was saved; %s.', step, where)
+    raise NonFiniteLossError(f'non-finite loss or state by step {step}; {where}')
 
   def every(n, step):
     return n > 0 and step % n == 0
 
   def save(step):
-    check_finite(step)
+    check_finite(step, with_state=True)
     positions = multihost_utils.process_allgather(np.int64(position))
     threshold = (config.model.model_img.masking.threshold if policy.name == 'cluster'
                  else None)
@@ -286,18 +333,40 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     with progress.timed('checkpoint'):
       checkpoints.saving(manager, checkpoints.save_checkpoint, manager, state, {
           'input_positions': [int(p) for p in np.ravel(positions)],
-          'cluster_threshold': threshold})
+          'cluster_threshold': threshold,
+          # The metrics of the steps since the last log row: a resumed run writes the same
+          # rows as an uninterrupted one.
+          'pending_metrics': _host_rows(pending),
+          'config': config_checks.as_json(config)})
     logging.info('Checkpoint %d: training waited %.2f s (the write goes on in the background)',
                  step, time.time() - started)
     return step
 
+  def stop_for_notice(done):
+    """Saves the state after step `done` (unless saved) and stops with Preempted."""
+    nonlocal last_saved
+    if last_saved != done:
+      last_saved = save(done)
+    checkpoints.saving(manager, manager.wait_until_finished)
+    stopped = preemption.Preempted(notice.signum, done, manager.directory)
+    logging.warning('%s', stopped)
+    raise stopped
+
+  def input_wait_stops():
+    # One host alone cannot save (the save is collective): on several, the notice is
+    # answered at the next step, when the hosts agree on it.
+    return jax.process_count() == 1 and notice.signum is not None
+
+  step = start_step
   with preemption.Notice() as notice:
     try:
       for step in range(start_step + 1, total_steps + 1):
         with jax.profiler.StepTraceAnnotation('train', step_num=step):
           waited_from = time.time()
-          local_batch = next(batches)
+          local_batch = feeder.next(input_wait_stops)
           input_wait += time.time() - waited_from
+          if local_batch is None:  # a notice while the input is stalled
+            stop_for_notice(step - 1)
           position = int(local_batch.pop('position')[-1])
           batch = partitioning.global_batch(mesh, local_batch)
           state, metrics = step_fn(state, batch, train_rng)
@@ -334,12 +403,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
         if every(periods['checkpoint'], step) or (is_last and config.save_at_end):
           last_saved = save(step)
         if notice.reached(step):
-          if last_saved != step:
-            last_saved = save(step)
-          checkpoints.saving(manager, manager.wait_until_finished)
-          stopped = preemption.Preempted(notice.signum, step, manager.directory)
-          logging.warning('%s', stopped)
-          raise stopped
+          stop_for_notice(step)
         due = lambda ecfg: every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
         if any(due(ecfg) for ecfg, _ in evaluations.values()):
           with progress.timed('eval'):
@@ -348,16 +412,21 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
         if every(periods['pictures'], step) or is_last:
           writer.write_images(step, {'masked_examples': pictures.example_grid(
               model, policy, state, examples, eval_rng, mesh)[None]})
+    except KeyboardInterrupt as e:  # a second Ctrl-C: stop at once, saying where things are
+      _finish_saves(manager)
+      intact = manager.latest_step()
+      raise Interrupted(
+          f'stopped at once by a second Ctrl-C during step {step}; '
+          + (f'the last checkpoint is step {intact} in {manager.directory}: the same command '
+             'resumes from it' if intact is not None else 'no checkpoint was written')) from e
     except BaseException:
-      try:  # finish the saves under way; the error that stopped the loop is the one to tell
-        manager.wait_until_finished()
-      except Exception:  # pylint: disable=broad-except
-        pass
+      _finish_saves(manager)
       raise
     else:
       checkpoints.saving(manager, manager.wait_until_finished)
-    finally:
       writer.flush()
+    finally:
+      feeder.close()
   final_table()
   logging.info('Done: steps %d..%d in %s, final loss %s. Logs and metrics.jsonl in %s; '
                'checkpoints in %s', start_step, total_steps,
@@ -365,6 +434,15 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
                f"{results['train_loss']:.4f}" if 'train_loss' in results else 'n/a', workdir,
                manager.directory)
   return results
+
+
+def _finish_saves(manager):
+  """Finishes the saves under way as a run stops on an error, removing a save that fails
+  too; the error that stopped the run is the one to tell."""
+  try:
+    checkpoints.saving(manager, manager.wait_until_finished)
+  except Exception:  # pylint: disable=broad-except
+    pass
 
 
 def _format_scores(scores) -> str:

@@ -22,9 +22,16 @@ def held(workdir: str):
   if jax.process_index() != 0 or '://' in workdir:
     yield
     return
-  os.makedirs(workdir, exist_ok=True)
   path = os.path.join(workdir, '.lock')
-  with open(path, 'a+', encoding='utf-8') as f:
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise NotADirectoryError(f'--workdir={workdir} is a file; give the run a directory')
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    lock_file = open(path, 'a+', encoding='utf-8')
+  except OSError as e:
+    raise PermissionError(f'--workdir={workdir} cannot be written ({e.strerror or e}); give '
+                          'the run a directory it may write') from e
+  with lock_file as f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

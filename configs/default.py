@@ -176,12 +176,16 @@ def get_config():
   # (t5x: a folder of checkpoint_<step>/ or one of them). Empty: none.
   config.pretrain_dir = ''
   # Resume from this step's checkpoint instead of the newest (0: the newest), e.g. when the
-  # newest is damaged; the checkpoints after it are deleted (and logged).
+  # newest is damaged. Once it is restored, the workdir's later checkpoints are moved aside
+  # to WORKDIR/checkpoints_after_STEP/ (logged); eval_only and another run's resume_dir
+  # leave every checkpoint where it is.
   config.resume_step = 0
-  # Resume from another run's checkpoints instead of the workdir's own (empty: none).
+  # Resume from another run's checkpoints instead of the workdir's own (empty: none); read
+  # only, and an error when it holds none.
   config.resume_dir = ''
   # A resume whose config changes what is trained (model.*, aug.*, batch_size, image_size,
-  # laion_path, samples_per_epoch, the seeds) is refused with the list of changes unless
+  # laion_path, samples_per_epoch, the seeds, shuffle_buffer, num_parallel_reads: each
+  # changes the data stream) is refused with the list of changes unless
   # this is True; other changes (steps, schedule, evaluations, logging) are logged and
   # recorded in WORKDIR/config_changes.jsonl either way.
   config.accept_config_changes = False

@@ -208,6 +208,17 @@ def _batches(ds: tf.data.Dataset, num_examples: int, image_size: int, eval_pad: 
   return ds.batch(local_batch_size).prefetch(tf.data.AUTOTUNE), num_batches
 
 
+def _check_some_readable(dataset, name: str, num_examples: int):
+  """Fails at start-up, naming the set, when none of this host's images can be decoded
+  (rather than at the first evaluation, after training steps, and again on every resume).
+  Reads up to the first readable image."""
+  for batch in dataset.as_numpy_iterator():
+    if (batch['index'] >= 0).any():
+      return
+  raise ValueError(f'{name}: none of the {num_examples} images of the evaluation set could be '
+                   'read (damaged or not images); fix the set or remove the evaluation')
+
+
 def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_size: int,
                           process_index: int = 0, process_count: int = 1,
                           field: str = 'dataset') -> EvalImages:
@@ -226,8 +237,13 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
         raise ValueError(f'{field}=wds:{root}: no <key>.cls labels in {split}/: not a '
                          'classification set')
       names = _wds_lines(root, WDS_CLASSNAMES)
+      num_labels = max(y for _, y in examples) + 1
       if names is None:
-        names = [str(i) for i in range(max(y for _, y in examples) + 1)]
+        names = [str(i) for i in range(num_labels)]
+      elif len(names) < num_labels:
+        raise ValueError(f'{field}=wds:{root}: {os.path.join(root, WDS_CLASSNAMES)} has '
+                         f'{len(names)} class names but the labels of {split}/ go up to '
+                         f'{num_labels - 1} ({num_labels} classes); give every label a name')
       found = _wds_lines(root, WDS_TEMPLATES)
       set_templates = [t.replace('{c}', '{}') for t in found] if found else None
     if limit and limit < len(examples):
@@ -259,6 +275,7 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
       ds = ds.take(math.ceil(num_examples / process_count))
   dataset, num_batches = _batches(ds, num_examples, image_size, eval_pad, local_batch_size,
                                   process_count)
+  _check_some_readable(dataset, f'{field}={spec!r} ({split})', num_examples)
   logging.info('evaluation set %s (%s): %d images, %d classes', spec, split, num_examples,
                len(names))
   return EvalImages(dataset, num_examples, num_batches, templates=set_templates,
@@ -299,6 +316,7 @@ def retrieval_images(ecfg, *, image_size: int, eval_pad: int, local_batch_size: 
   ds = _own_share(images, -np.ones(num_examples), process_index, process_count)
   dataset, num_batches = _batches(ds, num_examples, image_size, eval_pad, local_batch_size,
                                   process_count)
+  _check_some_readable(dataset, f'{field}={spec!r} ({split})', num_examples)
   logging.info('retrieval set %s (%s): %d images, %d captions', spec, split, num_examples,
                len(captions))
   return EvalImages(dataset, num_examples, num_batches, captions=captions,

@@ -141,4 +141,9 @@ def get_policy(config, train: bool = True) -> MaskingPolicy:
   grid_hw = grid_of(config)
   if (not train and not img.masking.at_eval) or img.mask_ratio == 0.0:
     name = 'none'
-  return POLICIES[name](img.masking, img.mask_ratio, grid_hw, tuple(img.patches.size))
+  try:
+    return POLICIES[name](img.masking, img.mask_ratio, grid_hw, tuple(img.patches.size))
+  except ValueError as e:
+    if str(e).startswith('config.'):
+      raise
+    raise ValueError(f'config.model.model_img.{e}') from e

@@ -15,6 +15,8 @@ import partitioning
 import train
 from evaluators import linear_probe as probe
 from evaluators.retrieval import recall_at_k
+from input_pipeline import tokenizer as tokenizer_lib
+from models import clip
 from tests.conftest import metrics_rows, micro_config
 
 
@@ -176,3 +178,24 @@ def test_unreadable_evaluation_images_are_counted_and_none_readable_is_an_error(
     image.write_bytes(b'not an image')
   with pytest.raises(ValueError, match='none of the 64 images of the evaluation set'):
     train.train_and_evaluate(config, str(tmp_path / 'all_bad'))
+  # A training run finds out at start-up, naming the set, before any step is trained.
+  training = micro_config(demo_dir, total_steps=2, eval_dataset=f'folder:{folder}')
+  with pytest.raises(ValueError, match=r"config.eval_dataset='folder:.*zeroshot' \(validation\): "
+                                       'none of the 64 images'):
+    train.train_and_evaluate(training, str(tmp_path / 'training'))
+  assert not os.path.exists(tmp_path / 'training' / 'metrics.jsonl')
+
+
+def test_a_set_with_fewer_class_names_than_labels_is_refused_naming_the_file(tmp_path,
+                                                                             demo_dir):
+  wds = tmp_path / 'wds_demo'
+  write_wds(wds, demo_dir, 'test')
+  names = (wds / 'classnames.txt').read_text().splitlines()
+  (wds / 'classnames.txt').write_text('\n'.join(names[:20]))
+  config = micro_config(demo_dir, eval_dataset='')
+  config.evals.wds = dict(type='zeroshot_classification', dataset=f'wds:{wds}')
+  model = clip.from_config(config)
+  with pytest.raises(ValueError, match=r'classnames.txt has 20 class names but the labels of '
+                                       r'test/ go up to 31 \(32 classes\)'):
+    evaluators.build(config, model, partitioning.make_mesh(config),
+                     tokenizer_lib.from_config(config))

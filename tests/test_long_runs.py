@@ -150,7 +150,9 @@ def test_partial_and_damaged_checkpoints(tmp_path, demo_dir):
                      match=r'checkpoints/3 cannot be restored .*--config.resume_step=2'):
     train.train_and_evaluate(config(4), str(workdir))
   train.train_and_evaluate(config(4, resume_step=2), str(workdir))
-  assert sorted(os.listdir(workdir / 'checkpoints'), key=lambda s: (len(s), s))[-1] == '4'
+  assert max(int(s) for s in os.listdir(workdir / 'checkpoints') if s.isdigit()) == 4
+  # The damaged step was moved aside once step 2 was restored, not deleted.
+  assert os.listdir(workdir / 'checkpoints_after_2') == ['3']
 
 
 def _bad_shards(tmp_path):

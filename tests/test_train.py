@@ -109,13 +109,42 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, demo_dir):
                            checkpoint_every_steps=1, warmup_epochs=0.0)
   with pytest.raises(train.NonFiniteLossError) as error:
     train.train_and_evaluate(diverging, workdir)
-  found = re.search(r'non-finite loss by step (\d+); the last good checkpoint is step (\d+)',
-                    str(error.value))
+  found = re.search(r'non-finite loss or state by step (\d+); the last good checkpoint is '
+                    r'step (\d+)', str(error.value))
   assert found, str(error.value)
   bad_step, good_step = int(found.group(1)), int(found.group(2))
   assert 2 <= good_step < bad_step <= 6
   saved = sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')))
   assert saved[-1] == good_step  # nothing at or after the non-finite step was written
+  # The good checkpoint is good: every parameter and moment in it is finite.
+  for item in ('params', 'opt_state'):
+    restored = ocp.StandardCheckpointer().restore(
+        os.path.join(workdir, 'checkpoints', str(good_step), item))
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(restored)
+               if np.issubdtype(np.asarray(x).dtype, np.floating)), item
+
+
+def test_a_state_spoilt_after_its_loss_was_computed_is_never_saved(tmp_path, demo_dir,
+                                                                   monkeypatch):
+  # From the third update on, a NaN learning rate: the loss and gradient of step 3 are still
+  # finite (they come from step 2's parameters), the parameters after it are not.
+  monkeypatch.setattr(optimizer, 'learning_rate_schedule',
+                      lambda config: lambda count: jnp.where(count >= 2, jnp.nan, 1e-3))
+  workdir = str(tmp_path / 'spoilt')
+  config = micro_config(demo_dir, total_steps=6, checkpoint_every_steps=1, eval_at_end=False,
+                        log_every_steps=100)
+  with pytest.raises(train.NonFiniteLossError, match='the last good checkpoint is step 2'):
+    train.train_and_evaluate(config, workdir)
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints'))) == [1, 2]
+
+
+@pytest.mark.parametrize('field,value', [
+    ('learning_rate', float('nan')), ('abs_learning_rate', -1e-3), ('min_abs_lr', float('inf')),
+    ('warmup_epochs', -1.0), ('warmup_steps', -5), ('batch_size', 1)])
+def test_learning_rates_warmups_and_batches_that_cannot_train_are_refused(demo_dir, field,
+                                                                          value):
+  with pytest.raises(ValueError, match=f'config.{field}='):
+    config_checks.check(micro_config(demo_dir, **{field: value}))
 
 
 def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_path, demo_dir):

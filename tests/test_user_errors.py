@@ -117,3 +117,58 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
   assert os.listdir(os.path.join(workdir, 'checkpoints')) == ['1']
   train.train_and_evaluate(config(2), workdir)  # the same command, once there is room
   assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['1', '2']
+
+
+def test_a_metrics_file_that_cannot_be_written_is_named_and_no_partial_save_is_left(
+    tmp_path, demo_dir, monkeypatch):
+  import metrics_writer  # pylint: disable=g-import-not-at-top
+  real = metrics_writer.JsonlWriter.write_scalars
+
+  def full_disk(self, step, scalars):
+    if step >= 3:
+      raise OSError(28, 'No space left on device')
+    return real(self, step, scalars)
+
+  monkeypatch.setattr(metrics_writer.JsonlWriter, 'write_scalars', full_disk)
+  workdir = tmp_path / 'run'
+  with pytest.raises(OSError, match=r'cannot write the metrics in .*run \(metrics.jsonl, '
+                                    r'TensorBoard events\): .*No space left on device; free'):
+    train.train_and_evaluate(micro_config(demo_dir, total_steps=6, checkpoint_every_steps=1,
+                                          eval_at_end=False), str(workdir))
+  assert not [n for n in os.listdir(workdir / 'checkpoints') if 'tmp' in n]
+
+
+def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path, demo_dir):
+  afile = tmp_path / 'afile'
+  afile.write_text('x')
+  with pytest.raises(NotADirectoryError, match=r'--workdir=.*afile is a file'):
+    train.train_and_evaluate(micro_config(demo_dir, total_steps=1), str(afile))
+  with pytest.raises(PermissionError, match=r'--workdir=.*afile/run cannot be written'):
+    train.train_and_evaluate(micro_config(demo_dir, total_steps=1), str(afile / 'run'))
+
+
+def test_an_impossible_mask_ratio_names_the_whole_field(demo_dir):
+  with pytest.raises(ValueError, match=r'^config.model.model_img.mask_ratio=1.0: expected'):
+    config_checks.check(micro_config(demo_dir, **{'model.model_img.mask_ratio': 1.0}))
+
+
+def test_ctrl_c_twice_during_training_says_what_was_saved(tmp_path, demo_dir):
+  log = tmp_path / 'run.log'
+  run = subprocess.Popen(main_command(tmp_path / 'run', demo_dir, '--config.total_steps=100000',
+                                      '--config.checkpoint_every_steps=3',
+                                      '--config.eval_at_end=False'),
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, 'w'))
+  try:
+    deadline = time.time() + 300
+    while 'step 7/' not in log.read_text():
+      assert run.poll() is None and time.time() < deadline
+      time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 130
+  finally:
+    run.kill()
+  last = log.read_text().strip().splitlines()[-1]
+  assert last.startswith('interrupted: stopped at once by a second Ctrl-C during step '), last
+  assert 'the same command resumes from it' in last or 'no checkpoint' in last, last

@@ -13,7 +13,6 @@ them. It writes DIR/glip_table.md (every configured evaluation's --metric and
 the masked training's images/s) and DIR/glip_table.png.
 """
 
-import json
 import os
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -24,6 +23,7 @@ from absl import logging
 import numpy as np
 
 import config_checks
+import metrics_writer
 import train
 
 COLUMNS = ('masked', 'unmasked', 'tuned')
@@ -31,8 +31,7 @@ COLUMNS = ('masked', 'unmasked', 'tuned')
 
 def training_speed(workdir: str) -> float:
   """Median images/s of the run's logged windows (which leave out the compiling step)."""
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    rows = [json.loads(line) for line in f]
+  rows = metrics_writer.read_rows(os.path.join(workdir, 'metrics.jsonl'))
   speeds = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
   return float(np.median(speeds)) if speeds else float('nan')
 

@@ -1,0 +1,163 @@
+"""Resuming never loses checkpoints, never trains on something else than asked, and writes the
+uninterrupted run's metrics."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import threading
+import time
+
+import pytest
+
+import checkpoints
+import config_checks
+import metrics_writer
+import preemption
+import train
+from input_pipeline import laion
+from tests.conftest import metrics_rows, micro_config
+
+
+def _config(demo_dir, steps, **overrides):
+  return micro_config(demo_dir, **{'total_steps': steps, 'eval_at_end': False,
+                                   'checkpoint_every_steps': 1, **overrides})
+
+
+def _steps(directory):
+  return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
+
+
+def test_resume_step_moves_only_the_runs_own_later_checkpoints_and_only_once_restored(
+    tmp_path, demo_dir):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(demo_dir, 4), str(run))
+  assert _steps(run / 'checkpoints') == [2, 3, 4]
+  other = tmp_path / 'other'
+  shutil.copytree(run, other)
+  # Another run's checkpoints are read, never touched.
+  train.train_and_evaluate(_config(demo_dir, 4, resume_dir=str(other), resume_step=3),
+                           str(tmp_path / 'new'))
+  assert _steps(other / 'checkpoints') == [2, 3, 4]
+  assert _steps(tmp_path / 'new' / 'checkpoints') == [4]
+  # Evaluation moves nothing.
+  train.train_and_evaluate(_config(demo_dir, 4, eval_only=True, resume_step=2), str(run))
+  assert _steps(run / 'checkpoints') == [2, 3, 4]
+  # A checkpoint that cannot be restored into this model: nothing is moved either.
+  with pytest.raises(checkpoints.CheckpointError, match='cannot be restored'):
+    train.train_and_evaluate(_config(demo_dir, 4, resume_step=2, accept_config_changes=True,
+                                     **{'model.clr.proj_dim_out': 8}), str(run))
+  assert _steps(run / 'checkpoints') == [2, 3, 4]
+  # The run's own resume: once step 2 is restored, 3 and 4 are moved aside, not deleted.
+  train.train_and_evaluate(_config(demo_dir, 4, resume_step=2), str(run))
+  assert _steps(run / 'checkpoints_after_2') == [3, 4]
+  assert _steps(run / 'checkpoints') == [2, 3, 4]
+
+
+def test_resume_and_pretrain_dirs_that_hold_nothing_are_errors(tmp_path, demo_dir):
+  with pytest.raises(FileNotFoundError, match=r"config.resume_dir='.*/no-such-run': no such"):
+    train.train_and_evaluate(_config(demo_dir, 2, resume_dir=str(tmp_path / 'no-such-run')),
+                             str(tmp_path / 'a'))
+  assert not (tmp_path / 'no-such-run').exists()
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(FileNotFoundError, match='config.resume_dir=.* holds no checkpoint'):
+    train.train_and_evaluate(_config(demo_dir, 2, resume_dir=str(tmp_path / 'empty')),
+                             str(tmp_path / 'b'))
+  with pytest.raises(FileNotFoundError, match='config.pretrain_dir'):
+    train.train_and_evaluate(_config(demo_dir, 2, pretrain_dir=str(tmp_path / 'typo')),
+                             str(tmp_path / 'c'))
+  assert not os.path.exists(tmp_path / 'c' / 'metrics.jsonl')
+
+
+@pytest.mark.parametrize('field,value', [('seed_tf', 5), ('shuffle_buffer', 7),
+                                         ('num_parallel_reads', 1)])
+def test_every_change_of_the_data_stream_is_refused_even_without_config_json(
+    tmp_path, demo_dir, field, value):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(demo_dir, 2), str(run))
+  os.remove(run / 'config.json')  # the config travels with the checkpoint
+  with pytest.raises(config_checks.ConfigChanged, match=field):
+    train.train_and_evaluate(_config(demo_dir, 3, **{field: value}), str(run))
+
+
+def test_a_corrupt_config_json_is_named(tmp_path, demo_dir):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(demo_dir, 2), str(run))
+  (run / 'config.json').write_text('')
+  with pytest.raises(ValueError, match=r'config.json is not a readable config'):
+    config_checks.saved_config(str(run))
+
+
+def test_the_calibrated_threshold_survives_every_resume(tmp_path, demo_dir):
+  run = tmp_path / 'run'
+  cluster = {'model.model_img.masking.policy': 'cluster',
+             'model.model_img.masking.calibrate': True}
+  train.train_and_evaluate(_config(demo_dir, 2, **cluster), str(run))
+  calibrated = config_checks.saved_config(str(run)).model.model_img.masking.threshold
+  assert calibrated != 0.5
+  train.train_and_evaluate(_config(demo_dir, 3, **cluster), str(run))
+  assert config_checks.saved_config(str(run)).model.model_img.masking.threshold == calibrated
+
+
+def _loss_rows(workdir):
+  return [(r['step'], r['train_loss']) for r in metrics_rows(workdir) if 'train_loss' in r]
+
+
+def test_after_a_preemption_or_a_kill_the_rows_are_the_uninterrupted_runs(
+    tmp_path, demo_dir, monkeypatch):
+  flags = dict(log_every_steps=4, checkpoint_every_steps=0, save_every_epochs=0.0)
+  whole = tmp_path / 'whole'
+  train.train_and_evaluate(_config(demo_dir, 6, **flags), str(whole))
+  assert [s for s, _ in _loss_rows(whole)] == [4, 6]
+  # Preempted at step 5: the step's metrics travel with its checkpoint.
+  preempted = tmp_path / 'preempted'
+  with monkeypatch.context() as patch:
+    patch.setattr(preemption.Notice, 'reached', lambda self, step: step == 5)
+    with pytest.raises(preemption.Preempted):
+      train.train_and_evaluate(_config(demo_dir, 6, **flags), str(preempted))
+  train.train_and_evaluate(_config(demo_dir, 6, **flags), str(preempted))
+  assert _loss_rows(preempted) == _loss_rows(whole)
+  # Killed after step 6 was logged but before it was saved: resumed at 3, the rows of 4..6
+  # are written once, as before.
+  killed = tmp_path / 'killed'
+  every = dict(log_every_steps=1, checkpoint_every_steps=3)
+  train.train_and_evaluate(_config(demo_dir, 6, **every), str(killed))
+  before = _loss_rows(killed)
+  shutil.rmtree(killed / 'checkpoints' / '6')
+  with open(killed / 'metrics.jsonl', 'a') as f:
+    f.write('{"step": 7, "inp')  # and cut short as it wrote a line
+  assert [r['step'] for r in metrics_writer.read_rows(str(killed / 'metrics.jsonl'))][-1] == 6
+  train.train_and_evaluate(_config(demo_dir, 6, **every), str(killed))
+  assert _loss_rows(killed) == before
+  lines = (killed / 'metrics.jsonl').read_text().splitlines()
+  assert all(json.loads(line) for line in lines)
+
+
+def test_a_notice_is_answered_while_the_input_is_stalled(tmp_path, demo_dir, monkeypatch):
+  real = laion.train_dataset
+
+  class Stalling:
+    """The real stream, whose fifth batch takes a minute to come; a SIGTERM is sent as the
+    wait begins."""
+
+    def __init__(self, *args, **kwargs):
+      self.dataset = real(*args, **kwargs)
+
+    def as_numpy_iterator(self):
+      for index, batch in enumerate(self.dataset.as_numpy_iterator()):
+        if index == 4:
+          threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM)).start()
+          time.sleep(60)
+        yield batch
+
+  monkeypatch.setattr(laion, 'train_dataset', Stalling)
+  workdir = tmp_path / 'stalled'
+  started = time.time()
+  with pytest.raises(preemption.Preempted) as stopped:
+    train.train_and_evaluate(_config(demo_dir, 10, checkpoint_every_steps=0,
+                                     save_every_epochs=0.0), str(workdir))
+  assert time.time() - started < 50  # not the minute the batch takes
+  step = int(re.search(r'preempted at step (\d+)', str(stopped.value)).group(1))
+  assert 1 <= step <= 4  # the last step whose batch came
+  assert _steps(workdir / 'checkpoints') == [step]
