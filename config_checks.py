@@ -216,8 +216,7 @@ def read_saved(path: str):
       saved = json.load(f)
   except (OSError, ValueError) as e:
     raise ValueError(f'{path} is not a readable config ({type(e).__name__}: {e}); restore it '
-                     'from a copy, or move it away to resume without the check of config '
-                     'changes') from e
+                     'from a copy, or run the training command again, which rewrites it') from e
   if not isinstance(saved, dict):
     raise ValueError(f'{path} is not a config (a JSON object was expected)')
   return saved
