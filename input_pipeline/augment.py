@@ -80,19 +80,25 @@ def decode_window(image_bytes, window_of):
   beside it are never converted to pixels, and nothing is copied. Other formats (PNG, GIF,
   BMP) are decoded whole and cropped; their windows are the same for the same shape.
   """
+  return decode_planned(image_bytes, lambda shape: (window_of(shape), ()))[0]
+
+
+def decode_planned(image_bytes, plan):
+  """decode_window for a `plan(shape)` that returns (window, other tensors drawn from the
+  shape): (the window's pixels, those tensors), the image decoded once whatever its format."""
   def jpeg():
-    window = window_of(tf.io.extract_jpeg_shape(image_bytes))
-    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3)
+    window, extras = plan(tf.io.extract_jpeg_shape(image_bytes))
+    return tf.io.decode_and_crop_jpeg(image_bytes, window, channels=3), extras
 
   def other():
     image = decode(image_bytes)
-    window = window_of(tf.shape(image))
+    window, extras = plan(tf.shape(image))
     return tf.slice(image, tf.stack([window[0], window[1], 0]),
-                    tf.stack([window[2], window[3], 3]))
+                    tf.stack([window[2], window[3], 3])), extras
 
-  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+  image, extras = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
   image.set_shape([None, None, 3])
-  return image
+  return image, extras
 
 
 def resize(image, size, antialias=False):
@@ -174,19 +180,21 @@ def train_views(image_bytes, size, seed, num_views, area_range=(0.5, 1.0),
   per_view = 2 * ATTEMPTS + 2
   draws = tf.random.stateless_uniform([num_views * per_view + 5], seed)
   fallback = 'centre' if crop_ver == 'v4' else 'ratio'
-  shape = tf.cond(tf.io.is_jpeg(image_bytes), lambda: tf.io.extract_jpeg_shape(image_bytes),
-                  lambda: tf.shape(decode(image_bytes)))
-  windows = tf.stack([random_window(shape, draws[v * per_view:(v + 1) * per_view], area_range,
-                                    aspect_ratio_range, size, fallback)
-                      for v in range(num_views)])
-  teacher = covering_window(windows, shape, draws[num_views * per_view:])
+
+  def plan(shape):
+    windows = tf.stack([random_window(shape, draws[v * per_view:(v + 1) * per_view],
+                                      area_range, aspect_ratio_range, size, fallback)
+                        for v in range(num_views)])
+    teacher = covering_window(windows, shape, draws[num_views * per_view:])
+    return teacher, (windows, teacher, shape[1])
+
+  image, (windows, teacher, width) = decode_planned(image_bytes, plan)
   flipped = draws[-1] < 0.5 if flip else tf.constant(False)
-  mirror = lambda box: tf.stack([box[..., 0], shape[1] - box[..., 1] - box[..., 3],
+  mirror = lambda box: tf.stack([box[..., 0], width - box[..., 1] - box[..., 3],
                                  box[..., 2], box[..., 3]], -1)
   boxes = tf.concat([windows, teacher[None]], 0)
   # The windows are drawn on the unflipped image; a flipped example is the mirror image of
   # these crops, whose boxes are mirrored too.
-  image = decode_window(image_bytes, lambda _: teacher)
   pieces = [to_pixels(resize(image, size, crop_ver == 'rrc'), flipped)]
   for v in range(num_views):
     window = windows[v]

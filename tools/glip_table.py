@@ -96,7 +96,7 @@ def figure(rows, metrics, path):
 
 
 def _label(row):
-  name, policy, _, size = row[:4]
+  _, policy, _, size = row[:4]
   return f'{policy}\n{size}px' if policy == 'none' else policy
 
 
