@@ -18,7 +18,7 @@ from train_step import TrainState
 def checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints or None, create=True))
 
 
 CHECKPOINT_ITEMS = ('params', 'opt_state', 'ema_params')
@@ -225,6 +225,20 @@ def check_pretrained(path: str):
   except FileNotFoundError as e:
     raise FileNotFoundError(f'config.pretrain_dir: {e}; expected a run of this project, a '
                             'FLIP release or an open_clip checkpoint') from e
+
+
+def pretrained_step(path: str) -> int:
+  """The training step of the weights `load_pretrained_params` reads from `path` (0 when the
+  format does not say, as open_clip's files)."""
+  absolute = os.path.abspath(path)
+  step_dir = flip_t5x.find_step_dir(absolute)
+  if step_dir is not None:
+    found = re.search(r'checkpoint_(\d+)$', os.path.normpath(step_dir))
+    return int(found.group(1)) if found else 0
+  if open_clip_state.find(absolute) is not None:
+    return 0
+  name = os.path.basename(latest_step_dir(path))
+  return int(name) if name.isdigit() else 0
 
 
 def load_pretrained_params(path: str, params):

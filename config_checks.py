@@ -32,8 +32,9 @@ def check(config):
            f'config.eval_batch_size={config.eval_batch_size}: must be positive')
   for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'total_steps'):
     _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0 turns it off)')
-  _require(config.keep_checkpoints >= 1,
-           f'config.keep_checkpoints={config.keep_checkpoints}: must be >= 1')
+  _require(config.keep_checkpoints >= 0,
+           f'config.keep_checkpoints={config.keep_checkpoints}: must be >= 0 (0 keeps every '
+           'checkpoint)')
   _require(config.total_steps > 0 or config.num_epochs > 0,
            'config.num_epochs must be positive when config.total_steps is 0')
   _require(config.samples_per_epoch > 0,

@@ -1,29 +1,28 @@
 """Masked language-image pre-training: trains (or evaluates) a CLIP model from a config.
 
   python main.py --workdir=DIR --config=configs/cfg_flip_base.py --config.laion_path=PATH
-  python main.py --workdir=DIR --config=configs/cfg_flip_large.py --config.pretrain_dir=CKPT \
-      --config.eval_only=True
+  python main.py --workdir=DIR --config=configs/cfg_flip_large.py
+      --config.pretrain_dir=CKPT --config.eval_only=True
+
+The console shows the start-up, progress, evaluations and results; WORKDIR/train.log holds
+everything the libraries logged too.
 """
 
-import logging as std_logging
 import os
 import re
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # TensorFlow's native notes and errors
 
+# TensorFlow and the training modules are imported once the flags are read, so that --help
+# answers at once, and with their native start-up chatter sent to the log file.
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
-import tensorflow as tf
 
-import checkpoints
-import config_checks
-import preemption
-import train
-import workdir_lock
+import console
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and '
@@ -37,9 +36,18 @@ flags.DEFINE_bool('traceback', False, 'Show the full traceback of an error inste
                   'one-line message.')
 flags.mark_flags_as_required(['workdir', 'config'])
 
-# What a user can cause (a config, a path, the data, the disk): one line, not a traceback.
-USER_ERRORS = (ValueError, OSError, train.NonFiniteLossError, checkpoints.CheckpointError,
-               workdir_lock.WorkdirBusy, config_checks.ConfigChanged)
+HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
+
+
+def user_errors():
+  """What a user can cause (a config, a path, the data, the disk): one line, not a
+  traceback."""
+  import checkpoints  # pylint: disable=g-import-not-at-top
+  import config_checks  # pylint: disable=g-import-not-at-top
+  import train  # pylint: disable=g-import-not-at-top
+  import workdir_lock  # pylint: disable=g-import-not-at-top
+  return (ValueError, OSError, train.NonFiniteLossError, checkpoints.CheckpointError,
+          workdir_lock.WorkdirBusy, config_checks.ConfigChanged)
 
 
 def launched_on_several_hosts(env=os.environ) -> bool:
@@ -49,17 +57,6 @@ def launched_on_several_hosts(env=os.environ) -> bool:
     return True
   return any(int(env.get(name, '1') or '1') > 1 for name in ('SLURM_NTASKS',
                                                               'OMPI_COMM_WORLD_SIZE'))
-
-
-class _QuietCheckpointing(std_logging.Filter):
-  """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
-
-  def filter(self, record):
-    if '/orbax/' not in record.pathname:
-      return True
-    if record.levelno >= std_logging.ERROR:  # a failed save: train.py says what happened
-      record.exc_info, record.exc_text, record.stack_info = None, None, None
-    return record.levelno >= std_logging.WARNING
 
 
 def _unknown_field_message(error, argv) -> str:
@@ -77,7 +74,12 @@ def _unknown_field_message(error, argv) -> str:
 
 def parse_flags(argv):
   """absl's parser, with one-line refusals of unknown flags, unknown config fields, values
-  of the wrong type and a missing --workdir or --config."""
+  of the wrong type and a missing --workdir or --config; --help exits 0."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    try:
+      FLAGS(argv)
+    except SystemExit as e:  # absl ends a help request with status 1
+      sys.exit(0 if e.code == 1 else e.code)
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
@@ -100,6 +102,12 @@ def _exit_with(message: str, status: int = 1):
 
 
 def _start_and_train():
+  with console.native_stderr_filtered():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import train  # pylint: disable=g-import-not-at-top
+    # TensorFlow only feeds data: keep it off the accelerators that JAX owns.
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
   distributed = FLAGS.distributed
   if distributed is None:
     distributed = launched_on_several_hosts()
@@ -110,31 +118,29 @@ def _start_and_train():
         arg: int(os.environ[name]) for arg, name in (('num_processes', 'JAX_NUM_PROCESSES'),
                                                      ('process_id', 'JAX_PROCESS_ID'))
         if name in os.environ})
-  # TensorFlow only feeds data: keep it off the accelerators that JAX owns.
-  tf.config.set_visible_devices([], 'GPU')
-  tf.config.set_visible_devices([], 'TPU')
-  logging.info('JAX process %d/%d, %d local of %d devices (%s)', jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(),
-               jax.default_backend())
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietCheckpointing())
-  # From here on, a Ctrl-C at any point ends in the one line below, never a traceback.
+  console.setup()
+  # From here on, a Ctrl-C at any point ends in the one line below, never a traceback; an
+  # error ends as a normal exit does, its temporary files removed.
   try:
-    _start_and_train()
-  except preemption.Preempted as e:
-    # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
-    _exit_with(str(e), e.exit_status)
-  except train.Interrupted as e:
-    _exit_with(f'interrupted: {e}', 130)
+    with console.private_temp_dir():
+      _start_and_train()
   except KeyboardInterrupt:
     _exit_with('interrupted (Ctrl-C) before training began; nothing was saved', 130)
-  except USER_ERRORS as e:
-    if FLAGS.traceback:
+  except Exception as e:  # pylint: disable=broad-except
+    import preemption  # pylint: disable=g-import-not-at-top
+    import train  # pylint: disable=g-import-not-at-top
+    if isinstance(e, preemption.Preempted):
+      # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
+      _exit_with(str(e), e.exit_status)
+    if isinstance(e, train.Interrupted):
+      _exit_with(f'interrupted: {e}', 130)
+    if FLAGS.traceback or not isinstance(e, user_errors()):
       raise
     _exit_with(f'error: {e} (--traceback shows where it was raised)')
 

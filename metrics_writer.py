@@ -18,10 +18,12 @@ class JsonlWriter(interface.MetricWriter):
   Only scalars have a place in the file; images, texts and the like go to TensorBoard.
   """
 
-  def __init__(self, path: str, start_step: Optional[int] = None):
+  def __init__(self, path: str, start_step: Optional[int] = None, replace: bool = False):
     """A run resumed at `start_step` keeps the rows up to that step and goes on after them:
     rows of later steps (written before a kill, and to be written again) are dropped. A last
-    line cut short by a kill is removed either way."""
+    line cut short by a kill is removed either way. With `replace`, a value written at a
+    step replaces the one the file holds under its name at that step (a re-evaluation)."""
+    self._path, self._replace = path, replace
     rows = read_rows(path)
     kept = [row for row in rows if start_step is None or row['step'] <= start_step]
     if os.path.exists(path) and (len(kept) < len(rows) or not _ends_whole(path)):
@@ -31,8 +33,24 @@ class JsonlWriter(interface.MetricWriter):
   def write_scalars(self, step, scalars):
     row = {'step': int(step)}
     row.update({k: float(np.asarray(v)) for k, v in scalars.items()})
+    if self._replace:
+      self._drop(row['step'], set(scalars))
     self._file.write(json.dumps(row) + '\n')
     self._file.flush()
+
+  def _drop(self, step, names):
+    """Removes `names` from the rows at `step`, and rows left with no value."""
+    rows = read_rows(self._path)
+    kept = []
+    for row in rows:
+      if row['step'] == step:
+        row = {k: v for k, v in row.items() if k not in names}
+      if len(row) > 1:
+        kept.append(row)
+    if len(kept) != len(rows) or any(len(a) != len(b) for a, b in zip(kept, rows)):
+      self._file.close()
+      atomic_files.write_text(self._path, ''.join(json.dumps(row) + '\n' for row in kept))
+      self._file = open(self._path, 'a', encoding='utf-8')
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata
@@ -91,14 +109,32 @@ def read_rows(path: str):
   return rows
 
 
-class RunWriter(metric_writers.MultiWriter):
-  """Logs, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config."""
+# Where the TensorBoard events of a re-evaluation go: a run of their own beside the training
+# curves, which keep one point per step.
+REEVALUATED = 'reevaluated'
 
-  def __init__(self, workdir: str, start_step: Optional[int] = None):
+
+def evaluated_at(workdir: str, step: int, names) -> bool:
+  """Whether WORKDIR/metrics.jsonl holds results of the evaluations `names` at `step`."""
+  prefixes = tuple(f'{name}/' for name in names)
+  return any(row['step'] == step and any(k.startswith(prefixes) for k in row)
+             for row in read_rows(os.path.join(workdir, 'metrics.jsonl')))
+
+
+class RunWriter(metric_writers.MultiWriter):
+  """Log file, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config.
+
+  A re-evaluation (`again`: results at that step were written before) replaces those values
+  in metrics.jsonl and writes its TensorBoard events under WORKDIR/reevaluated/.
+  """
+
+  def __init__(self, workdir: str, start_step: Optional[int] = None, again: bool = False):
     self.workdir = workdir
-    self.tensorboard = metric_writers.SummaryWriter(workdir)
+    self.tensorboard = metric_writers.SummaryWriter(
+        os.path.join(workdir, REEVALUATED) if again else workdir)
     super().__init__([metric_writers.LoggingWriter(), self.tensorboard,
-                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step)])
+                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step,
+                                  replace=again)])
 
   def _guarded(self, call, *args, **kwargs):
     """`call`, with a failure to write (a full disk, no permission) said in one line that
@@ -132,10 +168,12 @@ class RunWriter(metric_writers.MultiWriter):
                    for k, v in flat.items()})
 
 
-def create_writer(workdir: str, start_step: Optional[int] = None) -> interface.MetricWriter:
+def create_writer(workdir: str, start_step: Optional[int] = None,
+                  again: bool = False) -> interface.MetricWriter:
   """Process 0 writes TensorBoard events, logs and metrics.jsonl (a training run resumed at
-  `start_step` goes on from that step's rows); other hosts only log."""
+  `start_step` goes on from that step's rows; `again`: see RunWriter); other hosts only
+  log."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
   os.makedirs(workdir, exist_ok=True)
-  return RunWriter(workdir, start_step)
+  return RunWriter(workdir, start_step, again)

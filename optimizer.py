@@ -214,3 +214,8 @@ def log_decay_groups(config, params):
                config.opt.eps)
   for line in describe_decay(config, params).splitlines():
     logging.info('%s', line)
+  if steps['warmup'] > steps['total']:
+    logging.warning('The warmup (%d steps) is longer than the run (%d steps): the learning '
+                    'rate ends at %.3g, never reaching its peak %.3g', steps['warmup'],
+                    steps['total'], float(learning_rate_schedule(config)(steps['total'] - 1)),
+                    peak_learning_rate(config))

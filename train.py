@@ -16,6 +16,7 @@ import numpy as np
 import atomic_files
 import checkpoints
 import config_checks
+import console
 import evaluators
 import masking
 import metrics_writer
@@ -140,6 +141,7 @@ def train_and_evaluate(config, workdir: str) -> Dict[str, Any]:
     shards = laion.list_shards(config.laion_path)
     laion.check_readable(config, shards, jax.process_index(), jax.process_count())
   with workdir_lock.held(workdir):
+    console.log_to(workdir, jax.process_index())
     return _run(config, workdir, shards)
 
 
@@ -169,6 +171,13 @@ def record_config_changes(config, workdir: str, resume_from, step: int, saved=No
 def _run(config, workdir: str, shards) -> Dict[str, Any]:
   mesh = partitioning.make_mesh(config)
   partitioning.check_divisibility(config, mesh)
+  logging.info('Devices: %d %s (%d on this host, process %d of %d), mesh %s',
+               jax.device_count(), jax.default_backend(), jax.local_device_count(),
+               jax.process_index(), jax.process_count(),
+               ' x '.join(f'{axis} {size}' for axis, size in mesh.shape.items()))
+  logging.info('Workdir: %s (checkpoints/, metrics.jsonl, TensorBoard events; every log line '
+               'in %s)', os.path.abspath(workdir) if '://' not in workdir else workdir,
+               console.LOG_FILE)
   model = clip.from_config(config)
   tokenizer = tokenizer_lib.from_config(config)
   policy = masking.get_policy(config, train=True)
@@ -199,6 +208,10 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     checkpoints.check_pretrained(config.pretrain_dir)
   evaluations = evaluators.build(config, model, mesh, tokenizer)  # checks the evaluation data
   state = train_step.create_train_state(config, model, init_rng, mesh, objective)
+  counts = clip.parameter_counts(state.params)
+  logging.info('Model: %s parameters (image tower %s, text tower %s%s)',
+               f"{counts['total']:,}", f"{counts['image']:,}", f"{counts['text']:,}",
+               f", other {counts['other']:,}" if counts['other'] > 1 else '')
   if not config.eval_only:
     optimizer.log_decay_groups(config, state.params)
   if resume_step is not None:
@@ -221,15 +234,23 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     state = state.replace(params=params, ema_params=(
         jax.tree.map(jnp.copy, train_step.teacher_part(params)) if objective.use_teacher else None))
   start_step = int(state.step)
-  writer = metrics_writer.create_writer(workdir, None if config.eval_only else start_step)
-  if not config.eval_only:
-    save_config(config, workdir)  # once restored: the config the checkpoints go on with
-  if isinstance(writer, metrics_writer.RunWriter):
-    writer.write_config(start_step, config.to_json_best_effort(indent=2, sort_keys=True),
-                        config_checks.flat(config_checks.as_json(config)))
-
+  if config.eval_only and resume_step is None:  # pretrain_dir's weights, at their own step
+    start_step = checkpoints.pretrained_step(config.pretrain_dir)
   periods = optimizer.steps_of(config)
   total_steps = periods['total']
+  trains = not config.eval_only and start_step < total_steps
+  again = not trains and metrics_writer.evaluated_at(workdir, start_step, evaluations)
+  if again:
+    logging.info('Evaluating step %d again: its results in metrics.jsonl are replaced, its '
+                 'TensorBoard events go to %s', start_step,
+                 os.path.join(workdir, metrics_writer.REEVALUATED))
+  writer = metrics_writer.create_writer(workdir, None if config.eval_only else start_step,
+                                        again)
+  if not config.eval_only:
+    save_config(config, workdir)  # once restored: the config the checkpoints go on with
+  if isinstance(writer, metrics_writer.RunWriter) and not again:
+    writer.write_config(start_step, config.to_json_best_effort(indent=2, sort_keys=True),
+                        config_checks.flat(config_checks.as_json(config)))
 
   latest_scores: Dict[str, Dict[str, float]] = {}
 
@@ -252,8 +273,8 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     return written
 
   def final_table():
-    for line in _table(latest_scores):
-      logging.info('%s', line)
+    if latest_scores:
+      logging.info('Results:\n%s', '\n'.join(_table(latest_scores)))
 
   policy_at_eval = masking.get_policy(config, train=False)
   if config.eval_only:
@@ -278,11 +299,13 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
       process_count=jax.process_count(),
       seed=laion.host_seed(config.seed_tf, jax.process_index()), start_position=position)
   own_files = laion.host_files(shards.files, jax.process_index(), jax.process_count())
-  logging.info('Process %d of %d reads %d of the %d shard files, from %s',
-               jax.process_index(), jax.process_count(), len(own_files), len(shards.files),
-               own_files[0])
+  logging.info('Training data: %d %s files in %s (this host reads %d), %s pairs per virtual '
+               'epoch of %d steps', len(shards.files), shards.format, config.laion_path,
+               len(own_files), f'{config.samples_per_epoch:,}',
+               optimizer.steps_per_epoch(config))
   batches = dataset.as_numpy_iterator()
-  first_batch = next(batches)
+  with console.native_stderr_filtered():  # TensorFlow's notes as its kernels first run
+    first_batch = next(batches)
   calibrate = (policy.name == 'cluster' and config.model.model_img.masking.calibrate and
                (run_state or {}).get('cluster_threshold') is None)
   if calibrate:
@@ -296,16 +319,14 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   examples = {k: first_batch[k][:8] for k in ('image', 'views', 'crop_boxes')
               if k in first_batch}
   step_fn = train_step.jit_train_step(config, model, policy, objective, state, mesh)
-  logging.info('Training %s for steps %d..%d on %d devices, mesh %s (%s masking, %d of %d '
-               'patches kept), shards: %d %s files', workdir, start_step, total_steps,
-               jax.device_count(), dict(mesh.shape), policy.name, policy.num_keep,
-               policy.num_patches, len(shards.files), shards.format)
+  logging.info('Training steps %d..%d, batch %d, %s; compiling the first step...',
+               start_step, total_steps, config.batch_size, masking.describe(policy))
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps,
                                              every_secs=None)
   pending = list((run_state or {}).get('pending_metrics', []))
   last_saved = manager.latest_step()
-  started_at = time.time()
+  started_at = compile_start = time.time()
   window_start, window_steps, input_wait = time.time(), 0, 0.0
   results: Dict[str, Any] = {}
 
@@ -324,6 +345,15 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   def every(n, step):
     return n > 0 and step % n == 0
 
+  def flip_epoch_end(step):
+    """Whether FLIP's train.py evaluates after this step: at the end of the first virtual
+    epoch and of each epoch whose number vis_every_epochs divides."""
+    per_epoch = optimizer.steps_per_epoch(config)
+    if not config.eval_every_vis_epochs or step % per_epoch:
+      return False
+    epoch = step // per_epoch
+    return epoch == 1 or epoch % config.vis_every_epochs == 0
+
   def save(step):
     check_finite(step, with_state=True)
     positions = multihost_utils.process_allgather(np.int64(position))
@@ -338,8 +368,8 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
           # rows as an uninterrupted one.
           'pending_metrics': _host_rows(pending),
           'config': config_checks.as_json(config)})
-    logging.info('Checkpoint %d: training waited %.2f s (the write goes on in the background)',
-                 step, time.time() - started)
+    console.detail('Checkpoint %d: training waited %.2f s (the write goes on in the '
+                   'background)', step, time.time() - started)
     return step
 
   def stop_for_notice(done):
@@ -377,6 +407,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
         if step == start_step + 1:
           # The first step compiles: throughput and input wait count the steps after it.
           jax.block_until_ready(metrics)
+          logging.info('First step compiled and ran in %.1f s', time.time() - compile_start)
           window_start, window_steps, input_wait = time.time(), 0, 0.0
         else:
           window_steps += 1
@@ -404,7 +435,8 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
           last_saved = save(step)
         if notice.reached(step):
           stop_for_notice(step)
-        due = lambda ecfg: every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
+        due = lambda ecfg: (every(ecfg.every_steps, step) or (is_last and config.eval_at_end)
+                            or flip_epoch_end(step))
         if any(due(ecfg) for ecfg, _ in evaluations.values()):
           with progress.timed('eval'):
             results.update(evaluate(step, due))
@@ -445,8 +477,16 @@ def _finish_saves(manager):
     pass
 
 
+# Evaluation results that count things, printed as whole numbers.
+_COUNTS = ('images', 'captions', 'skipped_images')
+
+
+def _format_value(metric, value) -> str:
+  return f'{value:.0f}' if metric in _COUNTS or value >= 1.5 else f'{value:.4f}'
+
+
 def _format_scores(scores) -> str:
-  return ', '.join(f'{k} {v:.4f}' if v < 1.5 else f'{k} {v:.0f}' for k, v in scores.items())
+  return ', '.join(f'{k} {_format_value(k, v)}' for k, v in scores.items())
 
 
 def _table(latest_scores):
@@ -456,8 +496,7 @@ def _table(latest_scores):
   lines = ['| evaluation | metric | value |', '| --- | --- | --- |']
   for name, scores in latest_scores.items():
     for metric, value in scores.items():
-      lines.append(f'| {name} | {metric} | {value:.4f} |' if value < 1.5 else
-                   f'| {name} | {metric} | {value:.0f} |')
+      lines.append(f'| {name} | {metric} | {_format_value(metric, value)} |')
   return lines
 
 

@@ -11,9 +11,9 @@ resize, round to uint8, flip, tokenize, batch) with the deterministic interleave
 reproducible runs need, and without it; the bare loop only decodes whole images and
 resizes them, with the pipeline's resize kernel (bicubic), as parallel as tf.data makes
 it. The pipelines take turns over --rounds rounds, each on a fresh iterator and in reverse
-order every other round, so that a slow spell of a shared machine falls on all of them; the
-medians are reported. Prints one
-JSON object as its last line, with the images/s of each and the ratio full / bare (target:
+order every other round, so that a slow spell of a shared machine falls on all of them.
+Prints one JSON object as its last line, with the images/s of each and the ratio full / bare,
+each as {min, median, max} over the rounds (a ratio is taken within each round; target:
 >= 0.9 on FLIP's kind of images, the second command; on the demo's 64-pixel images a decode
 costs less than the per-image ops of the crop). The full pipeline is also timed with the
 other tokenizer (`tf_bert` <-> `clip_bpe`), in the same turns.
@@ -32,6 +32,7 @@ from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
+from benchmarks.timing import ratio_spread, spread
 from input_pipeline import augment
 from input_pipeline import demo_data
 from input_pipeline import laion
@@ -110,16 +111,16 @@ def measure(config):
     for name, build in order if turn % 2 == 0 else order[::-1]:
       rounds[name].append(images_per_second(build(), batch, FLAGS.batches))
   for name, values in rounds.items():
-    result[f'{name}_images_per_sec'] = float(np.median(values))
-  result['ratio_full_to_bare'] = result['full_images_per_sec'] / result['bare_images_per_sec']
-  result['ratio_full_to_bare_per_round'] = [
-      round(full / bare, 3) for full, bare in zip(rounds['full'], rounds['bare'])]
-  result['ratio_deterministic_to_not'] = (result['full_images_per_sec'] /
-                                          result['full_nondeterministic_images_per_sec'])
-  result['full_images_per_sec_per_core'] = result['full_images_per_sec'] / os.cpu_count()
+    result[f'{name}_images_per_sec'] = spread(values, 1)
+  # Each ratio is taken within a round, then spread over the rounds.
+  result['ratio_full_to_bare'] = ratio_spread(rounds['full'], rounds['bare'])
+  result['ratio_deterministic_to_not'] = ratio_spread(rounds['full'],
+                                                      rounds['full_nondeterministic'])
+  result['full_images_per_sec_per_core'] = spread(
+      [v / os.cpu_count() for v in rounds['full']], 1)
   result['tokenizer'] = config.aug.txt.tokenizer
-  result[f'ratio_full_{other.aug.txt.tokenizer}_to_bare'] = (
-      result[f'full_{other.aug.txt.tokenizer}_images_per_sec'] / result['bare_images_per_sec'])
+  result[f'ratio_full_{other.aug.txt.tokenizer}_to_bare'] = ratio_spread(
+      rounds[f'full_{other.aug.txt.tokenizer}'], rounds['bare'])
   return result
 
 
@@ -133,8 +134,7 @@ def main(argv):
                                                 FLAGS.source_images)
         config.shuffle_buffer = min(config.shuffle_buffer, FLAGS.source_images // 2)
     result = measure(config)
-  print(json.dumps({k: round(v, 3) if isinstance(v, float) else v
-                    for k, v in result.items()}))
+  print(json.dumps(result))
 
 
 if __name__ == '__main__':

@@ -1,12 +1,13 @@
-"""Cost of each masking policy relative to unmasked training, measured in one run.
+"""Cost of each masking policy relative to unmasked training, measured side by side.
 
-  python -m benchmarks.masking [--sizes=tiny,B/16] [--batch_size=32] [--steps=5]
+  python -m benchmarks.masking [--sizes=tiny,B/16] [--batch_size=32] [--steps=5] [--rounds=5]
 
-For each model size: the median train-step time with no masking, then for each policy at
-50% masking its median step time (`step_ratio` = policy step / unmasked step) and the
-median time of its sampler alone (`sampler_share` = sampler / policy step). The attentive
-policy's step includes the EMA teacher's forward pass (1 view); `teacher_share` is that
-forward pass's share of the step. The last line printed is one JSON object.
+For each model size and each policy at 50% masking, the policy's train step and the
+unmasked one take turns over --rounds rounds (each timing --steps steps), so that both see
+the same machine. Per policy, as {min, median, max} over the rounds: `step_seconds`,
+`step_ratio` (policy step / unmasked step of the same round), `sampler_share` (its sampler
+alone / its step) and, for the attentive policy, whose step includes the EMA teacher's
+forward pass (1 view), `teacher_share`. The last line printed is one JSON object.
 """
 
 import functools
@@ -22,7 +23,7 @@ import jax
 import partitioning
 import train_step
 from benchmarks.synthetic import synthetic_batch
-from benchmarks.timing import median_seconds, median_step_seconds
+from benchmarks.timing import interleaved_seconds, ratio_spread, spread, stepping
 from configs import default, tiny
 from models import pixels
 
@@ -30,7 +31,9 @@ flags.DEFINE_list('sizes', ['tiny', 'B/16'], 'Model sizes: tiny (configs/tiny.py
                   'of configs/default.py SIZES (B/16, L/16, H/14), as benchmarks.memory.')
 flags.DEFINE_list('policies', ['random', 'gaussian', 'cluster', 'attentive'], 'Policies.')
 flags.DEFINE_integer('batch_size', 32, 'Batch size.')
-flags.DEFINE_integer('steps', 5, 'Timed train steps per measurement (after 2 warm-up steps).')
+flags.DEFINE_integer('steps', 5, 'Timed train steps per round (after 2 warm-up steps).')
+flags.DEFINE_integer('rounds', 5, 'Rounds in which the unmasked and each policy\'s step take '
+                     'turns.')
 FLAGS = flags.FLAGS
 
 
@@ -45,25 +48,28 @@ def size_config(size):
                    f'{sorted(default.SIZES)}')
 
 
-def measure(config, policy_name, mask_ratio, batch, repeats):
-  """(step seconds, sampler seconds, teacher seconds or None) for one policy."""
+def calls_of(config, policy_name, mask_ratio, batch):
+  """{'step': one train step, 'sampler': the policy's sampler, ['teacher': the EMA
+  teacher's forward pass]} as calls to time."""
   config = config.copy_and_resolve_references()
   config.model.model_img.mask_ratio = mask_ratio
   config.model.model_img.masking.policy = policy_name
   mesh = partitioning.make_mesh(config)
-  model, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0),
-                                                        donate=False)
+  # Not donated: the teacher's call reads the first state's weights after steps have run.
+  model, policy, _, state, step_fn = train_step.new_training(config, mesh,
+                                                             jax.random.PRNGKey(0),
+                                                             donate=False)
   key = jax.random.PRNGKey(1)
-  step = median_step_seconds(step_fn, state, batch, key, repeats)
-  scores = teacher = None
+  calls = {'step': stepping(step_fn, state, batch, key)}
   images = jax.jit(pixels.normalize)(batch['image'])
+  scores = None
   if policy.needs_scores:
     teacher_fn = jax.jit(functools.partial(train_step.teacher_forward, model))
-    teacher = median_seconds(lambda: teacher_fn(state.ema_params, images), repeats)
+    calls['teacher'] = lambda: teacher_fn(state.ema_params, images)
     scores = teacher_fn(state.ema_params, images)[1]
   sampler_fn = jax.jit(policy.__call__)
-  sampler = median_seconds(lambda: sampler_fn(key, images, scores), repeats)
-  return step, sampler, teacher
+  calls['sampler'] = lambda: sampler_fn(key, images, scores)
+  return calls
 
 
 def main(argv):
@@ -73,20 +79,22 @@ def main(argv):
     config = size_config(size)
     config.batch_size = FLAGS.batch_size
     batch = synthetic_batch(config, partitioning.make_mesh(config))
-    # The unmasked step is timed before and after the policies; the faster of the two
-    # stands, since a noisy machine only ever adds time.
-    unmasked = measure(config, 'none', 0.0, batch, FLAGS.steps)[0]
+    unmasked = calls_of(config, 'none', 0.0, batch)['step']
     row = {}
     for name in FLAGS.policies:
-      step, sampler, teacher = measure(config, name, 0.5, batch, FLAGS.steps)
-      row[name] = {'step_seconds': step, 'sampler_share': sampler / step}
-      if teacher is not None:
-        row[name]['teacher_share'] = teacher / step
+      calls = {f'policy_{part}': call for part, call in
+               calls_of(config, name, 0.5, batch).items()}
+      seconds = interleaved_seconds({'unmasked': unmasked, **calls}, FLAGS.rounds,
+                                    FLAGS.steps)
+      step = seconds['policy_step']
+      row[name] = {'step_seconds': spread(step),
+                   'step_ratio': ratio_spread(step, seconds['unmasked']),
+                   'unmasked_step_seconds': spread(seconds['unmasked']),
+                   'sampler_share': ratio_spread(seconds['policy_sampler'], step)}
+      if 'policy_teacher' in seconds:
+        row[name]['teacher_share'] = ratio_spread(seconds['policy_teacher'], step)
       print(size, name, json.dumps(row[name]), flush=True)
-    unmasked = min(unmasked, measure(config, 'none', 0.0, batch, FLAGS.steps)[0])
-    for name in FLAGS.policies:
-      row[name]['step_ratio'] = row[name]['step_seconds'] / unmasked
-    results[size] = {'unmasked_step_seconds': unmasked, **row}
+    results[size] = row
   print(json.dumps(results))
 
 

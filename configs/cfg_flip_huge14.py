@@ -16,4 +16,5 @@ def get_config():
   default.set_size(config, 'H/14')
   config.partitioning.partition_states = True  # optimiser state sharded over `data`
   config.opt.flatten_params = True  # no effect here (see configs/default.py)
+  default.flip_run_control(config)
   return config

@@ -13,4 +13,5 @@ def get_config():
   config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.model.model_img.mask_ratio = 0.5
   config.partitioning.partition_states = True  # optimiser state sharded over `data`
+  default.flip_run_control(config)
   return config

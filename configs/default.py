@@ -167,9 +167,15 @@ def get_config():
   # Pictures of the masked training images to TensorBoard every this many virtual epochs
   # (and at the end).
   config.vis_every_epochs = 20.0
+  # Also run every evaluation after the first virtual epoch and every vis_every_epochs, as
+  # FLIP's train.py evaluates (FLIP's recipes set it: flip_run_control below). The rows are
+  # written at the step that ends the epoch; FLIP writes them one step later.
+  config.eval_every_vis_epochs = False
   config.eval_at_end = True
   config.save_at_end = True
-  config.keep_checkpoints = 3  # the newest N checkpoints are kept
+  # The newest N checkpoints are kept; 0 keeps every one (FLIP's recipes, as its t5x
+  # checkpointer deletes none).
+  config.keep_checkpoints = 3
   config.eval_only = False  # load pretrain_dir (or the workdir's latest checkpoint), evaluate, exit
   # Weights to start from, without their optimiser state: this project's checkpoints (a
   # workdir, its checkpoints/ folder or one step's folder) or a FLIP release as it comes
@@ -350,6 +356,14 @@ def get_config_txt():
   # Text embedding: empty lets model.clr.txt_avg_token choose (FLIP's field: `mean` or
   # `first`); `argmax` reads the token with the largest id, open_clip's end of text.
   config.pool = ''
+  return config
+
+
+def flip_run_control(config):
+  """FLIP's train.py habits, for FLIP's recipes: zero-shot after the first virtual epoch and
+  every vis_every_epochs, and every checkpoint kept."""
+  config.eval_every_vis_epochs = True
+  config.keep_checkpoints = 0
   return config
 
 

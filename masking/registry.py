@@ -33,6 +33,8 @@ class MaskingPolicy:
   num_keep: int  # tokens the image tower encodes, padding included
   sample: Callable[..., Keep]
   needs_scores: bool = False  # reads the EMA teacher's attention (attentive)
+  # How the encoded count relates to mask_ratio, where it is not simply num_keep patches.
+  count_note: str = ''
 
   @property
   def num_patches(self) -> int:
@@ -90,7 +92,10 @@ def _cluster(masking, mask_ratio, grid_hw, patch_size):
     del scores
     return cluster_keep(rng, images, patch_size, k, masking.anchor_ratio, masking.threshold)
 
-  return MaskingPolicy('cluster', grid_hw, k, sample)
+  return MaskingPolicy('cluster', grid_hw, k, sample, count_note=(
+      f'a number of the {n} patches that varies per image encoded (at most {k}, from '
+      f'min_mask_ratio {masking.min_mask_ratio:g}; the threshold sets the mean, logged as '
+      'kept_fraction_mean)'))
 
 
 def _attentive(masking, mask_ratio, grid_hw, patch_size):
@@ -109,8 +114,20 @@ def _attentive(masking, mask_ratio, grid_hw, patch_size):
     return attentive_keep(rng, scores, grid_hw, wanted, masking.block,
                           masking.temperature), None
 
-  return MaskingPolicy('attentive', grid_hw, attentive_num_keep(wanted, masking.block), sample,
-                       needs_scores=True)
+  kept = attentive_num_keep(wanted, masking.block)
+  note = (f'{kept} of {gh * gw} patches encoded (whole {masking.block}x{masking.block} blocks '
+          f'covering the {wanted} that mask_ratio {mask_ratio:g} keeps)' if kept != wanted
+          else '')
+  return MaskingPolicy('attentive', grid_hw, kept, sample, needs_scores=True,
+                       count_note=note)
+
+
+def describe(policy: MaskingPolicy) -> str:
+  """E.g. 'random masking, 98 of 196 patches encoded'."""
+  if policy.name == 'none':
+    return f'no masking, all {policy.num_patches} patches encoded'
+  return f'{policy.name} masking, ' + (
+      policy.count_note or f'{policy.num_keep} of {policy.num_patches} patches encoded')
 
 
 POLICIES = {'none': _none, 'random': _random, 'gaussian': _gaussian, 'cluster': _cluster,

@@ -1,6 +1,6 @@
 """Two towers, L2-normalised embeddings, learnable temperature and the contrastive loss."""
 
-from typing import Any, Tuple
+from typing import Any, Dict, Tuple
 
 import flax.linen as nn
 import jax
@@ -178,3 +178,14 @@ def normalize_pixels(model: CLIP, images):
   """The input pipelines' uint8 pixels as `model`'s image tower reads them."""
   return pixels.normalize(images, model.pixel_mean, model.pixel_std)
 
+
+
+def parameter_counts(params) -> Dict[str, int]:
+  """Values per tower (`image`, `text`; `other`: the logit scale and A-CLIP's heads) and in
+  total."""
+  counts = {'image': 0, 'text': 0, 'other': 0}
+  for name, subtree in params.items():
+    size = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(subtree))
+    counts[name if name in ('image', 'text') else 'other'] += size
+  counts['total'] = sum(counts.values())
+  return counts

@@ -2,6 +2,7 @@
 from TFDS-, folder- and CLIP_benchmark-style (wds:) datasets."""
 
 import io
+import json
 import os
 import tarfile
 
@@ -98,6 +99,20 @@ def trained(tmp_path_factory, demo_dir):
   return workdir
 
 
+def test_eval_only_writes_at_the_weights_step_and_replaces_a_repeat(tmp_path, demo_dir,
+                                                                      trained):
+  workdir = tmp_path / 'evaluations'
+  config = micro_config(demo_dir, eval_only=True, pretrain_dir=str(trained))
+  train.train_and_evaluate(config, str(workdir))
+  first = metrics_rows(workdir)
+  assert {r['step'] for r in first} == {4}  # the checkpoint's step, not 0
+  assert any('zeroshot/top1' in r for r in first) and any('retrieval/images' in r for r in first)
+  train.train_and_evaluate(config, str(workdir))
+  again = metrics_rows(workdir)
+  assert sorted(sorted(r) for r in again) == sorted(sorted(r) for r in first)
+  assert os.listdir(workdir / 'reevaluated')  # its TensorBoard events, apart
+
+
 def test_eval_only_runs_every_configured_evaluation_from_wds(tmp_path, demo_dir, trained):
   wds = tmp_path / 'wds_demo'
   for split in ('test', 'train', 'retrieval'):
@@ -155,9 +170,19 @@ def test_glip_table_evaluates_masked_unmasked_and_tuned(tmp_path, trained):
   tuned_rows = [r for r in metrics_rows(tmp_path / 'run' / 'tuned') if 'train_loss' in r]
   assert [r['step'] for r in tuned_rows] == [1, 2]
   assert all(r['kept_patches'] == 36 for r in tuned_rows)
-  rows = [('trained', policy, ratio, size, results, glip_table.training_speed(str(trained)))]
+  # What the run encoded, from its log: 8 of the 16 patches of a 32-pixel image.
+  assert glip_table.patches_encoded(str(trained)) == (8.0, 16)
+  # Speeds measured side by side: the run against an unmasked one of itself.
+  unmasked = tmp_path / 'unmasked'
+  unmasked.mkdir()
+  saved = json.loads((trained / 'config.json').read_text())
+  saved['model']['model_img']['masking']['policy'] = 'none'
+  (unmasked / 'config.json').write_text(json.dumps(saved))
+  speeds = glip_table.training_speeds([str(trained), str(unmasked)], rounds=2, steps=1)
+  assert all(0 < s['min'] <= s['median'] <= s['max'] for s in speeds.values())
+  rows = [('trained', policy, ratio, size, results, (8.0, 16), speeds[str(trained)])]
   text = glip_table.table(rows, ['zeroshot/top1'])
-  assert text.splitlines()[2].startswith('| trained | random | 0.5 | 32 |')
+  assert text.splitlines()[2].startswith('| trained | random | 0.5 | 32 | 8.0 of 16 |')
   glip_table.figure(rows, ['zeroshot/top1'], str(tmp_path / 'table.png'))
   assert Image.open(tmp_path / 'table.png').size[0] > 100
 

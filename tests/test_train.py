@@ -47,6 +47,20 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   assert 0 <= final[0]['zeroshot/top1'] <= final[0]['zeroshot/top5'] <= 1
   assert final[0]['zeroshot/images'] == 64  # 2 of each of the 32 demo classes
   assert 'step 4/4 | loss' in first.stderr and 'ETA' in first.stderr
+  # The console: the start-up block, the compile, one line per log window, evaluations and
+  # results; what the libraries log per window, and device probing, only in train.log.
+  console = first.stderr.splitlines()
+  assert sum(' | loss ' in line for line in console) == 4
+  assert sum('ETA' in line for line in console) == 3  # the compiling window has none
+  assert sum('First step compiled and ran in' in line for line in console) == 1
+  assert any(re.search(r'Model: [\d,]+ parameters \(image tower [\d,]+, text tower', line)
+             for line in console)
+  log = (workdir / 'train.log').read_text()
+  for noise in ('Setting work unit notes', 'steps_per_sec=', 'train_loss=', 'Got images',
+                'cuInit', "backend 'tpu'", 'absl::InitializeLog', 'oneDNN'):
+    assert noise not in first.stderr, noise
+  for detail in ('Setting work unit notes', 'train_loss=', 'Checkpoint 2: training waited'):
+    assert detail in log, detail
 
   second = _main(workdir, demo_dir, '--config.total_steps=6')
   assert second.returncode == 0, second.stderr[-3000:]
@@ -55,10 +69,15 @@ def test_main_trains_saves_resumes_and_evaluates(tmp_path, demo_dir):
   assert [r['step'] for r in new_rows if 'train_loss' in r] == [5, 6]
   assert '6' in os.listdir(workdir / 'checkpoints')
 
-  third = _main(workdir, demo_dir, '--config.eval_only=True')
+  # The finished run started again evaluates again, replacing its step-6 results.
+  events = sorted(os.listdir(workdir))
+  third = _main(workdir, demo_dir, '--config.total_steps=6')
   assert third.returncode == 0, third.stderr[-3000:]
-  last = metrics_rows(workdir)[-1]
-  assert last['step'] == 6 and 'zeroshot/top1' in last and 'train_loss' not in last
+  assert 'already reached step 6' in third.stderr
+  rows = metrics_rows(workdir)
+  assert rows[-1]['step'] == 6 and 'zeroshot/top1' in rows[-1]
+  assert sum('zeroshot/top1' in r for r in rows if r['step'] == 6) == 1
+  assert sorted(os.listdir(workdir)) == sorted(events + ['reevaluated'])
 
 
 def test_the_same_command_twice_trains_the_same_losses(tmp_path, demo_dir):
@@ -338,3 +357,23 @@ def test_first_moment_dtype_as_flip_behaves_or_bfloat16_for_good(demo_dir):
 def test_flip_fields_refuse_values_they_cannot_mean(demo_dir, field, value, message):
   with pytest.raises(ValueError, match=message):
     config_checks.check(micro_config(demo_dir, **{field: value}))
+
+
+def test_flip_recipes_evaluate_after_the_first_epoch_and_every_vis_epochs(
+    tmp_path, demo_dir, caplog):
+  """FLIP's train.py evaluates after the first virtual epoch and each epoch that
+  vis_every_epochs divides, and its checkpointer deletes nothing (configs/cfg_flip_*.py)."""
+  from configs import cfg_flip_base  # pylint: disable=g-import-not-at-top
+  flip = cfg_flip_base.get_config()
+  assert flip.eval_every_vis_epochs and flip.keep_checkpoints == 0
+  config = micro_config(demo_dir, total_steps=36, eval_every_steps=0, eval_at_end=False,
+                        vis_every_epochs=2.0, checkpoint_every_steps=6, warmup_epochs=4.0,
+                        eval_every_vis_epochs=flip.eval_every_vis_epochs,
+                        keep_checkpoints=flip.keep_checkpoints)
+  assert optimizer.steps_per_epoch(config) == 12
+  train.train_and_evaluate(config, str(tmp_path))
+  evaluated = [r['step'] for r in metrics_rows(tmp_path) if 'zeroshot/top1' in r]
+  assert evaluated == [12, 24]
+  assert sorted(map(int, os.listdir(tmp_path / 'checkpoints'))) == [6, 12, 18, 24, 30, 36]
+  assert any('The warmup (48 steps) is longer than the run (36 steps)' in r.getMessage()
+             for r in caplog.records if r.levelname == 'WARNING')

@@ -5,6 +5,7 @@ import os
 import resource
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -35,13 +36,40 @@ def test_flag_mistakes_end_in_one_line(tmp_path, demo_dir):
   assert not os.path.exists(tmp_path / 'run')
 
 
+def test_help_exits_0_at_once_with_the_usage():
+  started = time.time()
+  shown = subprocess.run([sys.executable, 'main.py', '--help'], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+  assert shown.returncode == 0, shown.stderr
+  # TensorFlow and the training modules are not imported for it (their import alone takes
+  # seconds), so nothing of theirs is printed.
+  assert time.time() - started < 30
+  usage = shown.stdout.splitlines()
+  assert ('  python main.py --workdir=DIR --config=configs/cfg_flip_base.py '
+          '--config.laion_path=PATH') in usage
+  assert not any('   --' in line for line in usage if line.startswith('  python'))
+  assert '--workdir' in shown.stdout and shown.stderr == ''
+
+
+def test_an_error_exit_removes_its_temporary_files(tmp_path, demo_dir):
+  temporary = tmp_path / 'tmp'
+  temporary.mkdir()
+  failed = subprocess.run(main_command(tmp_path / 'run', demo_dir,
+                                       f'--config.pretrain_dir={tmp_path / "nowhere"}'),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, TMPDIR=str(temporary)))
+  assert failed.returncode == 1
+  assert _last_line(failed).startswith('error: config.pretrain_dir')
+  assert os.listdir(temporary) == []
+
+
 def test_ctrl_c_during_start_up_ends_in_one_line(tmp_path, demo_dir):
   run = subprocess.Popen(main_command(tmp_path / 'run', demo_dir), cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 120
     for line in run.stderr:  # the first line main.py logs, once JAX is up
-      if 'JAX process' in line:
+      if 'Devices:' in line:
         break
       assert time.time() < deadline
     run.send_signal(signal.SIGINT)

@@ -9,8 +9,15 @@ patch, then tunes it for --tune_steps without masking (FLIP's recipe: mask_ratio
 learning rate times --tune_lr_scale, from the run's weights, no optimiser state) and
 evaluates again. A run trained on smaller images (RECLIP's row) is evaluated at its own size
 and tuned at --tune_image_size, its weights fitted to the larger grid as pretrain_dir fits
-them. It writes DIR/glip_table.md (every configured evaluation's --metric and
-the masked training's images/s) and DIR/glip_table.png.
+them.
+
+Two columns compare the runs' costs. `patches encoded` is the mean number of patches each
+run's image tower encoded per image during training, from its own log (kept_fraction_mean:
+the cluster policy's count varies per image, the attentive one keeps whole blocks). The
+training images/s are measured here, side by side: every run's model and policy take train
+steps in turns (--speed_rounds rounds of --speed_steps steps each, on random images at the
+run's batch size or --speed_batch_size), so that all see the same machine; the median and
+the range over the rounds are shown. It writes DIR/glip_table.md and DIR/glip_table.png.
 """
 
 import os
@@ -20,20 +27,45 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 from absl import logging
+import jax
 import numpy as np
 
 import config_checks
+import console
+import masking
 import metrics_writer
+import partitioning
 import train
+import train_step
+from benchmarks.synthetic import synthetic_batch
+from benchmarks.timing import interleaved_seconds, spread, stepping
 
 COLUMNS = ('masked', 'unmasked', 'tuned')
 
 
-def training_speed(workdir: str) -> float:
-  """Median images/s of the run's logged windows (which leave out the compiling step)."""
+def patches_encoded(workdir: str):
+  """(mean patches the run encoded per image over its logged windows, patches per image)."""
+  config = config_checks.saved_config(workdir)
+  total = masking.get_policy(config, train=True).num_patches
   rows = metrics_writer.read_rows(os.path.join(workdir, 'metrics.jsonl'))
-  speeds = [r['images_per_sec'] for r in rows if 'images_per_sec' in r]
-  return float(np.median(speeds)) if speeds else float('nan')
+  fractions = [r['kept_fraction_mean'] for r in rows if 'kept_fraction_mean' in r]
+  return (float(np.mean(fractions)) * total if fractions else float('nan')), total
+
+
+def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):
+  """{workdir: {min, median, max} training images/s}, every run's train step timed in turns
+  in this process (random images; the weights do not change the cost)."""
+  calls, batches = {}, {}
+  for workdir in workdirs:
+    config = config_checks.saved_config(workdir)
+    config.batch_size = batch_size or config.batch_size
+    mesh = partitioning.make_mesh(config)
+    training = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+    calls[workdir] = stepping(training.step, training.state, synthetic_batch(config, mesh),
+                              jax.random.PRNGKey(1))
+    batches[workdir] = config.batch_size
+  seconds = interleaved_seconds(calls, rounds, steps)
+  return {w: spread([batches[w] / s for s in seconds[w]], 1) for w in workdirs}
 
 
 def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: float,
@@ -66,13 +98,15 @@ def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: flo
 
 
 def table(rows, metrics) -> str:
-  lines = ['| run | policy | mask ratio | image size | ' + ' | '.join(
-      f'{m} {c}' for m in metrics for c in COLUMNS) + ' | training images/s |',
-           '| --- ' * (5 + len(metrics) * len(COLUMNS)) + '|']
-  for name, policy, ratio, size, results, speed in rows:
+  """`rows`: (name, policy, ratio, size, results, (patches encoded, of), images/s spread)."""
+  lines = ['| run | policy | mask ratio | image size | patches encoded | ' + ' | '.join(
+      f'{m} {c}' for m in metrics for c in COLUMNS) + ' | training images/s (range) |',
+           '| --- ' * (6 + len(metrics) * len(COLUMNS)) + '|']
+  for name, policy, ratio, size, results, (encoded, total), speed in rows:
     cells = [f'{100 * results[c].get(m, float("nan")):.1f}' for m in metrics for c in COLUMNS]
-    lines.append(f'| {name} | {policy} | {ratio:g} | {size} | ' + ' | '.join(cells) +
-                 f' | {speed:.0f} |')
+    lines.append(f'| {name} | {policy} | {ratio:g} | {size} | {encoded:.1f} of {total} | ' +
+                 ' | '.join(cells) + f' | {speed["median"]:.0f} '
+                 f'({speed["min"]:.0f}-{speed["max"]:.0f}) |')
   return '\n'.join(lines) + '\n'
 
 
@@ -104,14 +138,19 @@ def main(argv):
   del argv
   runs = [r for r in FLAGS.runs if r]
   os.makedirs(FLAGS.out, exist_ok=True)
-  rows = []
+  evaluated = []
   for workdir in runs:
     name = os.path.basename(os.path.normpath(workdir))
     logging.info('GLIP table: %s', workdir)
-    policy, ratio, size, results = evaluate_run(workdir, os.path.join(FLAGS.out, name),
-                                                FLAGS.tune_steps, FLAGS.tune_lr_scale,
-                                                FLAGS.tune_image_size)
-    rows.append((name, policy, ratio, size, results, training_speed(workdir)))
+    evaluated.append((name, *evaluate_run(workdir, os.path.join(FLAGS.out, name),
+                                          FLAGS.tune_steps, FLAGS.tune_lr_scale,
+                                          FLAGS.tune_image_size)))
+  logging.info('GLIP table: training speed of the %d runs side by side (%d rounds)',
+               len(runs), FLAGS.speed_rounds)
+  speeds = training_speeds(runs, FLAGS.speed_rounds, FLAGS.speed_steps,
+                           FLAGS.speed_batch_size)
+  rows = [(*row, patches_encoded(workdir), speeds[workdir])
+          for row, workdir in zip(evaluated, runs)]
   metrics = list(FLAGS.metric)
   text = table(rows, metrics)
   with open(os.path.join(FLAGS.out, 'glip_table.md'), 'w') as f:
@@ -128,5 +167,11 @@ if __name__ == '__main__':
   flags.DEFINE_integer('tune_image_size', 0, 'Image size of the tuning and its evaluation '
                        '(0: each run\'s own); RECLIP\'s low-resolution runs tune at full size.')
   flags.DEFINE_list('metric', ['zeroshot/top1'], 'Metrics (<evaluation>/<metric>) to tabulate.')
+  flags.DEFINE_integer('speed_rounds', 5, 'Rounds in which the runs\' train steps take turns.')
+  flags.DEFINE_integer('speed_steps', 3, 'Timed train steps per run and round.')
+  flags.DEFINE_integer('speed_batch_size', 0, 'Batch size of the speed measurement (0: each '
+                       'run\'s own; smaller for large models on one device).')
   FLAGS = flags.FLAGS
-  app.run(main)
+  console.setup()
+  with console.private_temp_dir():
+    app.run(main)

@@ -1,0 +1,138 @@
+"""What a run prints: its own lines on the console, everything else in the workdir's log file.
+
+The console shows the run's start-up block, progress, evaluations and results (records at
+INFO from this project's modules) and every warning or error. What libraries log at INFO
+(clu's work-unit notes and metric dumps, orbax's save steps, JAX's backend probing) and the
+run's detail lines (`detail`) go only to WORKDIR/train.log, with the full absl prefix.
+TensorFlow's native side prints straight to the process's stderr as it loads and looks for
+GPUs (it only feeds data here); `native_stderr_filtered` sends that chatter to the log too.
+"""
+
+import contextlib
+import logging as std_logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from logging import handlers as log_handlers
+
+from absl import logging
+
+_ROOT = os.path.dirname(os.path.abspath(__file__)) + os.sep
+LOG_FILE = 'train.log'
+_FORMAT = std_logging.Formatter('%(asctime)s %(levelprefix)s%(message)s', '%H:%M:%S')
+
+# Native lines printed while TensorFlow loads or probes for devices it is not given.
+_NATIVE_NOISE = re.compile('|'.join((
+    r'All log messages before absl::InitializeLog\(\) is called',
+    r'oneDNN custom operations are on',
+    r'oneDNN supports DT_\w+ only on platforms with',
+    r'cudart_stub\.cc',
+    r'Could not find cuda drivers',
+    r'failed call to cuInit',
+    r'cpu_feature_guard\.cc',
+    r'To enable the following instructions: ',
+    r'TF-TRT Warning',
+    r'Unable to register cu(DNN|FFT|BLAS) factory',
+    r'computation placer already registered',
+    r'cuda_(blas|dnn|fft)\.cc',
+    r'Attempting to register factory for plugin',
+)))
+
+_DETAIL = 'detail'
+
+
+def detail(message, *args):
+  """Logs a line for the log file only (a checkpoint written, a picture drawn)."""
+  logging.info(message, *args, extra={_DETAIL: True})
+
+
+class _ConsoleFilter(std_logging.Filter):
+  """The run's own INFO lines and everyone's warnings and errors."""
+
+  def filter(self, record):
+    record.levelprefix = '' if record.levelno < std_logging.WARNING else (
+        record.levelname + ': ')
+    if '/orbax/' in record.pathname and record.levelno >= std_logging.ERROR:
+      # A failed save: train.py says what happened, in one line.
+      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    if record.levelno >= std_logging.WARNING:
+      return True
+    own = record.pathname.startswith(_ROOT) and 'site-packages' not in record.pathname
+    return (record.levelno >= std_logging.INFO and own
+            and not getattr(record, _DETAIL, False))
+
+
+_buffer = None
+
+
+def setup():
+  """The console as described above; records for the log file wait until `log_to`."""
+  global _buffer
+  absl_handler = logging.get_absl_handler()
+  absl_handler.setFormatter(_FORMAT)
+  absl_handler.addFilter(_ConsoleFilter())
+  if _buffer is None:
+    # Records wait here until the workdir exists (a refused run creates none).
+    _buffer = log_handlers.MemoryHandler(capacity=1_000_000,
+                                         flushLevel=std_logging.CRITICAL + 1)
+    _buffer.setFormatter(logging.PythonFormatter())
+    std_logging.getLogger().addHandler(_buffer)
+
+
+def log_to(workdir: str, process_index: int = 0):
+  """Sends the log, from its first line, to WORKDIR/train.log (train.<host>.log on other
+  hosts; the temporary directory for a bucket workdir). Returns its path, or None when
+  `setup` was not called (the tests, a library user)."""
+  if _buffer is None:
+    return None
+  name = LOG_FILE if process_index == 0 else f'train.{process_index}.log'
+  folder = workdir if '://' not in workdir else tempfile.gettempdir()
+  path = os.path.join(folder, name)
+  handler = std_logging.FileHandler(path, encoding='utf-8')
+  handler.setFormatter(logging.PythonFormatter())
+  if _buffer.target is not None:  # a tool running several runs: one log each
+    _buffer.target.close()
+  _buffer.setTarget(handler)
+  _buffer.flush()
+  _buffer.capacity = 1  # from here on each record is written as it comes
+  return path
+
+
+@contextlib.contextmanager
+def native_stderr_filtered():
+  """Runs the block with file descriptor 2 captured; then logs the known device-probing and
+  start-up chatter at debug level (for the log file) and prints every other line as it
+  came. Python's own writes to stderr in the block are captured and printed the same way."""
+  sys.stderr.flush()
+  saved = os.dup(2)
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      sys.stderr.flush()
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      for line in captured.read().decode('utf-8', errors='replace').splitlines():
+        if _NATIVE_NOISE.search(line):
+          detail('%s', line)
+        elif line.strip():
+          print(line, file=sys.stderr)
+      sys.stderr.flush()
+
+
+@contextlib.contextmanager
+def private_temp_dir():
+  """Points the process's temporary files (TensorFlow's autograph modules among them) at a
+  folder of its own, removed however the block ends."""
+  folder = tempfile.mkdtemp(prefix='mlip-')
+  previous = tempfile.tempdir
+  tempfile.tempdir = folder
+  try:
+    yield folder
+  finally:
+    tempfile.tempdir = previous
+    shutil.rmtree(folder, ignore_errors=True)
