@@ -21,7 +21,6 @@ from absl import logging
 
 _ROOT = os.path.dirname(os.path.abspath(__file__)) + os.sep
 LOG_FILE = 'train.log'
-_FORMAT = std_logging.Formatter('%(asctime)s %(levelprefix)s%(message)s', '%H:%M:%S')
 
 # Native lines printed while TensorFlow loads or probes for devices it is not given.
 _NATIVE_NOISE = re.compile('|'.join((
@@ -48,20 +47,33 @@ def detail(message, *args):
   logging.info(message, *args, extra={_DETAIL: True})
 
 
+def error_for_the_log(message):
+  """Logs the line an error exit prints (the console shows it once, as printed)."""
+  logging.error('%s', message, extra={_DETAIL: True})
+
+
 class _ConsoleFilter(std_logging.Filter):
   """The run's own INFO lines and everyone's warnings and errors."""
 
   def filter(self, record):
-    record.levelprefix = '' if record.levelno < std_logging.WARNING else (
-        record.levelname + ': ')
-    if '/orbax/' in record.pathname and record.levelno >= std_logging.ERROR:
-      # A failed save: train.py says what happened, in one line.
-      record.exc_info, record.exc_text, record.stack_info = None, None, None
+    if getattr(record, _DETAIL, False):
+      return False
     if record.levelno >= std_logging.WARNING:
       return True
     own = record.pathname.startswith(_ROOT) and 'site-packages' not in record.pathname
-    return (record.levelno >= std_logging.INFO and own
-            and not getattr(record, _DETAIL, False))
+    return record.levelno >= std_logging.INFO and own
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+  """`HH:MM:SS message`, with the level named from WARNING up."""
+
+  def format(self, record):
+    level = '' if record.levelno < std_logging.WARNING else f'{record.levelname}: '
+    text = f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
+    # A failed save's traceback stays in the log file: train.py says what happened.
+    if record.exc_info and '/orbax/' not in record.pathname:
+      text += '\n' + self.formatException(record.exc_info)
+    return text
 
 
 _buffer = None
@@ -70,14 +82,13 @@ _buffer = None
 def setup():
   """The console as described above; records for the log file wait until `log_to`."""
   global _buffer
-  absl_handler = logging.get_absl_handler()
-  absl_handler.setFormatter(_FORMAT)
-  absl_handler.addFilter(_ConsoleFilter())
   if _buffer is None:
+    absl_handler = logging.get_absl_handler()
+    absl_handler.setFormatter(_ConsoleFormatter())
+    absl_handler.addFilter(_ConsoleFilter())
     # Records wait here until the workdir exists (a refused run creates none).
     _buffer = log_handlers.MemoryHandler(capacity=1_000_000,
                                          flushLevel=std_logging.CRITICAL + 1)
-    _buffer.setFormatter(logging.PythonFormatter())
     std_logging.getLogger().addHandler(_buffer)
 
 
@@ -102,9 +113,9 @@ def log_to(workdir: str, process_index: int = 0):
 
 @contextlib.contextmanager
 def native_stderr_filtered():
-  """Runs the block with file descriptor 2 captured; then logs the known device-probing and
-  start-up chatter at debug level (for the log file) and prints every other line as it
-  came. Python's own writes to stderr in the block are captured and printed the same way."""
+  """Runs the block with file descriptor 2 captured; then sends the known device-probing and
+  start-up chatter to the log file alone and prints every other line as it came (Python's
+  own writes to stderr in the block among them)."""
   sys.stderr.flush()
   saved = os.dup(2)
   with tempfile.TemporaryFile() as captured:

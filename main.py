@@ -95,6 +95,7 @@ def parse_flags(argv):
 def _exit_with(message: str, status: int = 1):
   """Prints the one line a user reads, then ends the process without running the background
   threads' shutdown (orbax and tensorstore would print tracebacks as the interpreter goes)."""
+  console.error_for_the_log(message)
   logging.flush()
   print(message, file=sys.stderr, flush=True)
   sys.stdout.flush()

@@ -304,8 +304,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
                len(own_files), f'{config.samples_per_epoch:,}',
                optimizer.steps_per_epoch(config))
   batches = dataset.as_numpy_iterator()
-  with console.native_stderr_filtered():  # TensorFlow's notes as its kernels first run
-    first_batch = next(batches)
+  first_batch = next(batches)
   calibrate = (policy.name == 'cluster' and config.model.model_img.masking.calibrate and
                (run_state or {}).get('cluster_threshold') is None)
   if calibrate:
@@ -352,7 +351,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     if not config.eval_every_vis_epochs or step % per_epoch:
       return False
     epoch = step // per_epoch
-    return epoch == 1 or epoch % config.vis_every_epochs == 0
+    return epoch == 1 or (config.vis_every_epochs > 0 and epoch % config.vis_every_epochs == 0)
 
   def save(step):
     check_finite(step, with_state=True)

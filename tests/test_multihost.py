@@ -45,13 +45,16 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
                     '--config.checkpoint_every_steps=2')
   for index, (code, log) in enumerate(outputs):
     assert code == 0, log[-4000:]
-    assert f'JAX process {index}/2, 2 local of 4 devices' in log
+    assert f'Devices: 4 cpu (2 on this host, process {index} of 2)' in log
     # demo_dir holds 2 shards per format: each process reads its own one.
-    assert f'Process {index} of 2 reads 1 of the 2 shard files' in log
+    assert 'Training data: 2 tfrecord files' in log and '(this host reads 1)' in log
     assert 'step 4/4 | loss' in log
 
   # One writer: one TensorBoard event file, every step logged once, the final evaluation once.
   assert len([f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]) == 1
+  # A log file per process.
+  assert 'step 4/4 | loss' in (workdir / 'train.log').read_text()
+  assert 'step 4/4 | loss' in (workdir / 'train.1.log').read_text()
   rows = metrics_rows(workdir)
   assert [r['step'] for r in rows if 'train_loss' in r] == [1, 2, 3, 4]
   final = [r for r in rows if 'zeroshot/top1' in r]
@@ -65,7 +68,7 @@ def test_two_processes_train_as_one_run_and_its_checkpoint_evaluates_on_one(tmp_
                          cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
                          capture_output=True, text=True, timeout=600)
   assert alone.returncode == 0, alone.stderr[-4000:]
-  assert 'JAX process 0/1, 1 local of 1 devices' in alone.stderr
+  assert 'Devices: 1 cpu (1 on this host, process 0 of 1)' in alone.stderr
   last = metrics_rows(workdir)[-1]
   assert last['step'] == 4
   assert abs(last['zeroshot/top1'] - final[0]['zeroshot/top1']) < 1e-6

@@ -61,6 +61,9 @@ def test_an_error_exit_removes_its_temporary_files(tmp_path, demo_dir):
   assert failed.returncode == 1
   assert _last_line(failed).startswith('error: config.pretrain_dir')
   assert os.listdir(temporary) == []
+  # The console shows the reason once; the log file ends with it too.
+  assert failed.stderr.count('error: config.pretrain_dir') == 1
+  assert 'error: config.pretrain_dir' in (tmp_path / 'run' / 'train.log').read_text()
 
 
 def test_ctrl_c_during_start_up_ends_in_one_line(tmp_path, demo_dir):

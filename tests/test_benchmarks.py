@@ -1,0 +1,39 @@
+"""Benchmarks time what they compare in turns and report each figure's spread over rounds."""
+
+import json
+import subprocess
+import sys
+
+from benchmarks import timing
+from tests.conftest import ROOT
+
+
+def test_calls_take_turns_in_reverse_order_every_other_round():
+  order = []
+  calls = {name: (lambda name=name: order.append(name)) for name in ('a', 'b', 'c')}
+  seconds = timing.interleaved_seconds(calls, rounds=3, repeats=2, warmup=1)
+  assert order[:3] == ['a', 'b', 'c']  # the warm-up calls
+  assert order[3:] == ['a', 'a', 'b', 'b', 'c', 'c', 'c', 'c', 'b', 'b', 'a', 'a',
+                       'a', 'a', 'b', 'b', 'c', 'c']
+  assert {name: len(values) for name, values in seconds.items()} == {'a': 3, 'b': 3, 'c': 3}
+
+
+def test_a_ratio_is_taken_within_each_round():
+  # The second round is slow for both: per round, the ratio is 0.5 every time.
+  assert timing.ratio_spread([1.0, 3.0, 1.1], [2.0, 6.0, 2.2]) == {
+      'min': 0.5, 'median': 0.5, 'max': 0.5}
+  assert timing.spread([3.0, 1.0, 2.0]) == {'min': 1.0, 'median': 2.0, 'max': 3.0}
+
+
+def test_masking_benchmark_prints_each_policys_spread_against_unmasked_steps():
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.masking', '--sizes=tiny', '--batch_size=8',
+       '--policies=random,attentive', '--rounds=2', '--steps=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])['tiny']
+  for policy in ('random', 'attentive'):
+    for figure in ('step_seconds', 'step_ratio', 'unmasked_step_seconds', 'sampler_share'):
+      spread = result[policy][figure]
+      assert 0 < spread['min'] <= spread['median'] <= spread['max'], (policy, figure)
+  assert 0 < result['attentive']['teacher_share']['median'] < 1
