@@ -32,7 +32,8 @@ demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 
 # GLIP's table for the demo's policies at equal training compute (about the same number of
 # encoded image patches): the unmasked run trains half the steps of the 50%-masked ones
-# (18 of 36 patches), RECLIP's row as many steps on 32-pixel images (16 patches), tuned at 48.
+# (18 of 36 patches; attentive 20, whole blocks; cluster a varying number), RECLIP's row as
+# many steps on 32-pixel images (16 patches), tuned at 48. The table shows what each encoded.
 glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	$(MAKE) demo POLICY=none DEMO_WORKDIR=workdirs/demo-none ARGS="--config.num_epochs=1.0"
 	$(MAKE) demo POLICY=none DEMO_WORKDIR=workdirs/demo-reclip ARGS="--config.image_size=32"

@@ -444,14 +444,14 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
           writer.write_images(step, {'masked_examples': pictures.example_grid(
               model, policy, state, examples, eval_rng, mesh)[None]})
     except KeyboardInterrupt as e:  # a second Ctrl-C: stop at once, saying where things are
-      _finish_saves(manager)
+      _finish_saves(manager, writer)
       intact = manager.latest_step()
       raise Interrupted(
           f'stopped at once by a second Ctrl-C during step {step}; '
           + (f'the last checkpoint is step {intact} in {manager.directory}: the same command '
              'resumes from it' if intact is not None else 'no checkpoint was written')) from e
     except BaseException:
-      _finish_saves(manager)
+      _finish_saves(manager, writer)
       raise
     else:
       checkpoints.saving(manager, manager.wait_until_finished)
@@ -467,13 +467,16 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   return results
 
 
-def _finish_saves(manager):
-  """Finishes the saves under way as a run stops on an error, removing a save that fails
-  too; the error that stopped the run is the one to tell."""
-  try:
-    checkpoints.saving(manager, manager.wait_until_finished)
-  except Exception:  # pylint: disable=broad-except
-    pass
+def _finish_saves(manager, writer):
+  """As a run stops on an error, finishes the saves under way (removing a save that fails
+  too) and writes out the TensorBoard events held back, as a normal end does; the error
+  that stopped the run is the one to tell."""
+  for finish in (lambda: checkpoints.saving(manager, manager.wait_until_finished),
+                 writer.flush):
+    try:
+      finish()
+    except Exception:  # pylint: disable=broad-except
+      pass
 
 
 # Evaluation results that count things, printed as whole numbers.
