@@ -18,7 +18,8 @@ from train_step import TrainState
 def checkpoint_manager(directory: str, config) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints or None, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints or None,
+                                           create=True))
 
 
 CHECKPOINT_ITEMS = ('params', 'opt_state', 'ema_params')

@@ -93,7 +93,7 @@ def _cluster(masking, mask_ratio, grid_hw, patch_size):
     return cluster_keep(rng, images, patch_size, k, masking.anchor_ratio, masking.threshold)
 
   return MaskingPolicy('cluster', grid_hw, k, sample, count_note=(
-      f'a number of the {n} patches that varies per image encoded (at most {k}, from '
+      f'up to {k} of {n} patches encoded, a number that varies per image (the cap from '
       f'min_mask_ratio {masking.min_mask_ratio:g}; the threshold sets the mean, logged as '
       'kept_fraction_mean)'))
 

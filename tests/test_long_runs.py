@@ -89,7 +89,7 @@ def test_main_on_8_devices_trains_the_one_device_losses(tmp_path, demo_dir, unin
                                      '--config.partitioning.num_partitions=2'),
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert "mesh {'data': 4, 'model': 2}" in done.stderr, done.stderr[-3000:]
+  assert 'mesh data 4 x model 2' in done.stderr, done.stderr[-3000:]
   got = _losses(workdir)
   assert sorted(got) == sorted(uninterrupted)
   assert max(abs(got[step] - uninterrupted[step]) for step in got) < 1e-5

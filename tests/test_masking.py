@@ -77,3 +77,20 @@ def test_image_size_must_be_a_multiple_of_the_patch(demo_dir):
   config = micro_config(demo_dir, image_size=30)
   with pytest.raises(ValueError, match='image_size=30'):
     masking.get_policy(config)
+
+
+def test_each_policy_says_how_many_patches_it_encodes():
+  """The start-up line: what mask_ratio 0.5 means for each policy on the demo's 6x6 grid."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  said = {}
+  for name in ('none', 'random', 'gaussian', 'cluster', 'attentive'):
+    config = tiny.get_config()
+    config.model.model_img.masking.policy = name
+    said[name] = masking.describe(masking.get_policy(config, train=True))
+  assert said['none'] == 'no masking, all 36 patches encoded'
+  assert said['random'] == 'random masking, 18 of 36 patches encoded'
+  assert said['gaussian'] == 'gaussian masking, 18 of 36 patches encoded'
+  assert said['attentive'].startswith('attentive masking, 20 of 36 patches encoded (whole '
+                                      '2x2 blocks covering the 18')
+  assert said['cluster'].startswith('cluster masking, up to 25 of 36 patches encoded, a '
+                                    'number that varies per image')
