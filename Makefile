@@ -27,7 +27,7 @@ demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py \
 	    --config.model.model_img.masking.policy=$(POLICY) $(ARGS)
 	@echo
-	@echo "Demo finished. TensorBoard events and metrics.jsonl: $(DEMO_WORKDIR)"
+	@echo "Demo finished. TensorBoard events, metrics.jsonl and train.log (every log line): $(DEMO_WORKDIR)"
 	@echo "Checkpoints: $(DEMO_WORKDIR)/checkpoints   (make demo again resumes; rm -r $(DEMO_WORKDIR) to start over)"
 
 # GLIP's table for the demo's policies at equal training compute (about the same number of
