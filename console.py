@@ -100,6 +100,8 @@ def log_to(workdir: str, process_index: int = 0):
     return None
   name = LOG_FILE if process_index == 0 else f'train.{process_index}.log'
   folder = workdir if '://' not in workdir else tempfile.gettempdir()
+  # Process 0 creates the workdir; another host may get here first.
+  os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, name)
   handler = std_logging.FileHandler(path, encoding='utf-8')
   handler.setFormatter(logging.PythonFormatter())
