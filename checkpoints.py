@@ -234,8 +234,7 @@ def pretrained_step(path: str) -> int:
   absolute = os.path.abspath(path)
   step_dir = flip_t5x.find_step_dir(absolute)
   if step_dir is not None:
-    found = re.search(r'checkpoint_(\d+)$', os.path.normpath(step_dir))
-    return int(found.group(1)) if found else 0
+    return flip_t5x.step_of(step_dir)
   if open_clip_state.find(absolute) is not None:
     return 0
   name = os.path.basename(latest_step_dir(path))

@@ -238,6 +238,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
     start_step = checkpoints.pretrained_step(config.pretrain_dir)
   periods = optimizer.steps_of(config)
   total_steps = periods['total']
+  per_epoch = optimizer.steps_per_epoch(config)
   trains = not config.eval_only and start_step < total_steps
   again = not trains and metrics_writer.evaluated_at(workdir, start_step, evaluations)
   if again:
@@ -301,8 +302,7 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   own_files = laion.host_files(shards.files, jax.process_index(), jax.process_count())
   logging.info('Training data: %d %s files in %s (this host reads %d), %s pairs per virtual '
                'epoch of %d steps', len(shards.files), shards.format, config.laion_path,
-               len(own_files), f'{config.samples_per_epoch:,}',
-               optimizer.steps_per_epoch(config))
+               len(own_files), f'{config.samples_per_epoch:,}', per_epoch)
   batches = dataset.as_numpy_iterator()
   first_batch = next(batches)
   calibrate = (policy.name == 'cluster' and config.model.model_img.masking.calibrate and
@@ -347,7 +347,6 @@ def _run(config, workdir: str, shards) -> Dict[str, Any]:
   def flip_epoch_end(step):
     """Whether FLIP's train.py evaluates after this step: at the end of the first virtual
     epoch and of each epoch whose number vis_every_epochs divides."""
-    per_epoch = optimizer.steps_per_epoch(config)
     if not config.eval_every_vis_epochs or step % per_epoch:
       return False
     epoch = step // per_epoch

@@ -30,6 +30,12 @@ _TOWERS = {'img_encoder': 'image', 'txt_encoder': 'text'}
 _HEADS = {'img_mlp1': 'image/projection', 'txt_mlp1': 'text/projection'}
 
 
+def step_of(step_dir: str) -> int:
+  """The training step of a checkpoint_<step>/ folder (0 for a folder named otherwise)."""
+  found = _STEP_DIR.match(os.path.basename(os.path.normpath(step_dir)))
+  return int(found.group(1)) if found else 0
+
+
 def find_step_dir(path: str) -> Optional[str]:
   """The t5x checkpoint folder behind `path` (itself, or its newest checkpoint_<step>/),
   or None when `path` is not in t5x's layout."""

@@ -78,6 +78,7 @@ def test_flip_release_loads_and_gives_flips_embeddings(tmp_path, demo_dir, scan_
   # A release is loaded as it comes: the folder of checkpoint_<step>/ or that folder.
   for path in (tmp_path / 'release', tmp_path / 'release' / 'checkpoint_5000'):
     model, params = our_params(config, str(path))
+    assert checkpoints.pretrained_step(str(path)) == 5000  # where eval_only writes
     rng = np.random.default_rng(1)
     images = rng.standard_normal((3, 32, 32, 3)).astype(np.float32)
     tokens = rng.integers(1000, 30000, (3, 16)).astype(np.int32)
