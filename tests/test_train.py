@@ -166,6 +166,13 @@ def test_learning_rates_warmups_and_batches_that_cannot_train_are_refused(demo_d
     config_checks.check(micro_config(demo_dir, **{field: value}))
 
 
+def test_a_negative_checkpoint_count_is_refused_and_0_keeps_every_one(demo_dir):
+  with pytest.raises(ValueError, match=r'config.keep_checkpoints=-1: must be >= 0 \(0 keeps '
+                                       'every checkpoint\)'):
+    config_checks.check(micro_config(demo_dir, keep_checkpoints=-1))
+  config_checks.check(micro_config(demo_dir, keep_checkpoints=0))
+
+
 def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_path, demo_dir):
   source = str(tmp_path / 'source')
   train.train_and_evaluate(micro_config(demo_dir, total_steps=1, eval_at_end=False,
