@@ -22,19 +22,30 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-import console
+from trainer import console
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and '
-                    'metrics.jsonl.')
-config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); override any '
-                                'field with --config.FIELD=VALUE.', lock_config=True)
-flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (one process per '
-                  'host). Default: when the environment shows several hosts (a TPU pod '
-                  'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).')
-flags.DEFINE_bool('traceback', False, 'Show the full traceback of an error instead of its '
-                  'one-line message.')
-flags.mark_flags_as_required(['workdir', 'config'])
+
+
+def define_flags(flag_values=FLAGS, argv=None):
+  """main.py's flags (the documentation's commands are checked against these too); `argv`:
+  the command line the config's overrides are read from (default: sys.argv)."""
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard events and '
+                      'metrics.jsonl.', flag_values=flag_values)
+  config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); override '
+                                  'any field with --config.FIELD=VALUE.',
+                                  flag_values=flag_values, lock_config=True,
+                                  sys_argv=argv)
+  flags.DEFINE_bool('distributed', None, 'Call jax.distributed.initialize() (one process '
+                    'per host). Default: when the environment shows several hosts (a TPU pod '
+                    'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).',
+                    flag_values=flag_values)
+  flags.DEFINE_bool('traceback', False, 'Show the full traceback of an error instead of its '
+                    'one-line message.', flag_values=flag_values)
+  flags.mark_flags_as_required(['workdir', 'config'], flag_values=flag_values)
+
+
+define_flags()
 
 HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 
@@ -42,12 +53,12 @@ HELP_FLAGS = ('-h', '-?', '--help', '--helpshort', '--helpfull', '--helpxml')
 def user_errors():
   """What a user can cause (a config, a path, the data, the disk): one line, not a
   traceback."""
-  import checkpoints  # pylint: disable=g-import-not-at-top
-  import config_checks  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
-  import workdir_lock  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer import resume  # pylint: disable=g-import-not-at-top
+  from trainer import workdir  # pylint: disable=g-import-not-at-top
   return (ValueError, OSError, train.NonFiniteLossError, checkpoints.CheckpointError,
-          workdir_lock.WorkdirBusy, config_checks.ConfigChanged)
+          workdir.WorkdirBusy, resume.ConfigChanged)
 
 
 def launched_on_several_hosts(env=os.environ) -> bool:
@@ -134,8 +145,8 @@ def main(argv):
   except KeyboardInterrupt:
     _exit_with('interrupted (Ctrl-C) before training began; nothing was saved', 130)
   except Exception as e:  # pylint: disable=broad-except
-    import preemption  # pylint: disable=g-import-not-at-top
     import train  # pylint: disable=g-import-not-at-top
+    from trainer import preemption  # pylint: disable=g-import-not-at-top
     if isinstance(e, preemption.Preempted):
       # 143 after SIGTERM, 130 after SIGINT: the same command resumes from the checkpoint.
       _exit_with(str(e), e.exit_status)

@@ -35,8 +35,8 @@ import tensorflow as tf
 from benchmarks.timing import ratio_spread, spread
 from input_pipeline import augment
 from input_pipeline import demo_data
-from input_pipeline import laion
 from input_pipeline import tokenizer as tokenizer_lib
+from input_pipeline import training_pairs
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 flags.DEFINE_integer('batches', 60, 'Timed batches per pipeline and round (after 5 warm-up '
@@ -60,7 +60,7 @@ def images_per_second(dataset, batch_size, batches):
 
 def bare_loop(files, shard_format, size, batch_size):
   """Decode and resize only."""
-  if shard_format != laion.TFRECORD:
+  if shard_format != training_pairs.TFRECORD:
     raise ValueError('the bare loop reads TFRecord shards')
   ds = tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE).repeat()
 
@@ -85,7 +85,7 @@ def write_source_shards(directory, pixels, count):
 
 
 def measure(config):
-  shards = laion.list_shards(config.laion_path)
+  shards = training_pairs.list_shards(config.laion_path)
   tokenizer = tokenizer_lib.from_config(config)
   batch = config.batch_size
   result = {'config_batch_size': batch, 'image_size': config.image_size,
@@ -98,10 +98,10 @@ def measure(config):
   other_tokenizer = tokenizer_lib.from_config(other)
   pipelines = {
       'bare': lambda: bare_loop(shards.files, shards.format, config.image_size, batch),
-      'full': lambda: laion.train_dataset(config, tokenizer, shards, seed=0),
-      'full_nondeterministic': lambda: laion.train_dataset(config, tokenizer, shards, seed=0,
+      'full': lambda: training_pairs.train_dataset(config, tokenizer, shards, seed=0),
+      'full_nondeterministic': lambda: training_pairs.train_dataset(config, tokenizer, shards, seed=0,
                                                            deterministic=False),
-      f'full_{other.aug.txt.tokenizer}': lambda: laion.train_dataset(
+      f'full_{other.aug.txt.tokenizer}': lambda: training_pairs.train_dataset(
           other, other_tokenizer, shards, seed=0)}
   rounds = {name: [] for name in pipelines}
   for turn in range(FLAGS.rounds):

@@ -20,12 +20,12 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
 
-import partitioning
-import train_step
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import interleaved_seconds, ratio_spread, spread, stepping
-from configs import default, tiny
-from models import pixels
+from configs import default, presets, tiny
+from models import pixel_normalization
+from trainer import partitioning
+from trainer import step as step_lib
 
 flags.DEFINE_list('sizes', ['tiny', 'B/16'], 'Model sizes: tiny (configs/tiny.py) or a name '
                   'of configs/default.py SIZES (B/16, L/16, H/14), as benchmarks.memory.')
@@ -40,12 +40,12 @@ FLAGS = flags.FLAGS
 def size_config(size):
   if size == 'tiny':
     return tiny.get_config()
-  if size in default.SIZES:
+  if size in presets.SIZES:
     config = default.get_config()
-    default.set_size(config, size)
+    presets.set_size(config, size)
     return config
   raise ValueError(f'--sizes: unknown size {size!r}; expected tiny or one of '
-                   f'{sorted(default.SIZES)}')
+                   f'{sorted(presets.SIZES)}')
 
 
 def calls_of(config, policy_name, mask_ratio, batch):
@@ -56,15 +56,15 @@ def calls_of(config, policy_name, mask_ratio, batch):
   config.model.model_img.masking.policy = policy_name
   mesh = partitioning.make_mesh(config)
   # Not donated: the teacher's call reads the first state's weights after steps have run.
-  model, policy, _, state, step_fn = train_step.new_training(config, mesh,
+  model, policy, _, state, step_fn = step_lib.new_training(config, mesh,
                                                              jax.random.PRNGKey(0),
                                                              donate=False)
   key = jax.random.PRNGKey(1)
   calls = {'step': stepping(step_fn, state, batch, key)}
-  images = jax.jit(pixels.normalize)(batch['image'])
+  images = jax.jit(pixel_normalization.normalize)(batch['image'])
   scores = None
   if policy.needs_scores:
-    teacher_fn = jax.jit(functools.partial(train_step.teacher_forward, model))
+    teacher_fn = jax.jit(functools.partial(step_lib.teacher_forward, model))
     calls['teacher'] = lambda: teacher_fn(state.ema_params, images)
     scores = teacher_fn(state.ema_params, images)[1]
   sampler_fn = jax.jit(policy.__call__)

@@ -22,12 +22,13 @@ from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
 
-import partitioning
-import train_step
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import median_step_seconds
 from configs import default
+from configs import presets
 from models import clip
+from trainer import partitioning
+from trainer import step as step_lib
 
 flags.DEFINE_list('sizes', ['B/16', 'L/16'], 'Model sizes from configs/default.py SIZES.')
 flags.DEFINE_list('remat', ['none', 'minimal', 'full'], 'Remat policies.')
@@ -40,7 +41,7 @@ GIB = 2 ** 30
 
 def measure(config, steps):
   mesh = partitioning.make_mesh(config)
-  model, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  model, policy, _, state, step_fn = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   key = jax.random.PRNGKey(1)
   compiled = step_fn.lower(state, batch, key).compile()
@@ -84,7 +85,7 @@ def main(argv):
   for size in FLAGS.sizes:
     for policy in FLAGS.remat:
       config = default.get_config()
-      default.set_size(config, size)
+      presets.set_size(config, size)
       config.batch_size = config.eval_batch_size = FLAGS.batch_size
       config.model.dtype = FLAGS.dtype
       for tower in ('model_img', 'model_txt'):

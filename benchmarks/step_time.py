@@ -17,10 +17,10 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-import partitioning
-import train_step
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import interleaved_seconds, ratio_spread, spread, stepping
+from trainer import partitioning
+from trainer import step as step_lib
 
 config_flags.DEFINE_config_file('config', 'configs/tiny.py', 'Config file.')
 flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios to time.')
@@ -33,7 +33,7 @@ FLAGS = flags.FLAGS
 def training_call(config):
   """(one train step as a call, the patches its policy keeps)."""
   mesh = partitioning.make_mesh(config)
-  _, policy, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, policy, _, state, step_fn = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = synthetic_batch(config, mesh)
   return stepping(step_fn, state, batch, jax.random.PRNGKey(1)), policy.num_keep
 

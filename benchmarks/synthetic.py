@@ -2,7 +2,7 @@
 
 import numpy as np
 
-import partitioning
+from trainer import partitioning
 
 
 def synthetic_batch(config, mesh, seed=0):

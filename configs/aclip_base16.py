@@ -33,12 +33,13 @@ OpenAI's YFCC subset, of which a copy usually holds fewer: set it to your count.
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
   config = default.get_config()
-  default.set_size(config, 'ViT-B-16')
-  default.open_clip_towers(config)
+  presets.set_size(config, 'ViT-B-16')
+  presets.open_clip_towers(config)
   img = config.model.model_img
   img.patch_bias = True
   img.pre_norm = False

@@ -6,12 +6,13 @@ FLIP's own file name and values; the model is FLIP's exactly (see configs/defaul
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
   config = default.get_config()
   config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.model.model_img.mask_ratio = 0.5
-  default.set_size(config, 'B/16')
-  default.flip_run_control(config)
+  presets.set_size(config, 'B/16')
+  presets.flip_run_control(config)
   return config

@@ -6,6 +6,7 @@ FLIP's own file name and values; the model is FLIP's exactly (see configs/defaul
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
@@ -13,8 +14,8 @@ def get_config():
   config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.model.model_img.mask_ratio = 0.5
   config.warmup_epochs = 200.0
-  default.set_size(config, 'H/14')
+  presets.set_size(config, 'H/14')
   config.partitioning.partition_states = True  # optimiser state sharded over `data`
   config.opt.flatten_params = True  # no effect here (see configs/default.py)
-  default.flip_run_control(config)
+  presets.flip_run_control(config)
   return config

@@ -6,6 +6,7 @@ FLIP's own file name and values; the model is FLIP's exactly (see configs/defaul
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
@@ -13,5 +14,5 @@ def get_config():
   config.num_epochs = 10000.0  # ~32 passes over LAION-400M
   config.model.model_img.mask_ratio = 0.5
   config.partitioning.partition_states = True  # optimiser state sharded over `data`
-  default.flip_run_control(config)
+  presets.flip_run_control(config)
   return config

@@ -17,14 +17,15 @@ the threshold is calibrated once, on the first batch, rather than per batch.
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
   config = default.get_config()
-  default.set_size(config, 'ViT-B-16')
-  default.open_clip_towers(config)
-  default.open_clip_training(config, learning_rate=5e-4, warmup_steps=2_000)
-  config.samples_per_epoch = default.CC12M_SAMPLES
+  presets.set_size(config, 'ViT-B-16')
+  presets.open_clip_towers(config)
+  presets.open_clip_training(config, learning_rate=5e-4, warmup_steps=2_000)
+  config.samples_per_epoch = presets.CC12M_SAMPLES
   config.num_epochs = 32.0
   config.batch_size = 2048
   config.seed_jax = config.seed_tf = 0

@@ -6,12 +6,11 @@ command lines and config files work unchanged; fields FLIP lacks are this projec
 additions. Any field can be overridden on the command line, e.g.
 `--config.batch_size=256 --config.model.model_img.mask_ratio=0.0`.
 
-Where a default here differs from FLIP's, or a FLIP field has no effect, the comment says
-so with `(FLIP: ...)`. Values that FLIP's model ignores (`clr.tau` while the temperature is
-learned) keep FLIP's meaning too. This project's own choices for new runs (text padding
-masked, a [CLS] token, patch-only image pooling) are in `project_choices` below; the
-recipes of the other methods (`glip_base16.py`, ...) and the demo use them, FLIP's files do
-not.
+Where a default here differs from FLIP's, the comment says so with `(FLIP: ...)`. Values
+that FLIP's model ignores (`clr.tau` while the temperature is learned) keep FLIP's meaning
+too. FLIP's fields that this code accepts but needs no other value of are set together at
+the end (`_accepted_from_flip`). Sizes, tower families and training loops that recipes
+share are in configs/presets.py.
 """
 
 import ml_collections
@@ -54,8 +53,9 @@ def get_config():
   #                brings its own unless they are set
   #   recall_k     retrieval: the K of recall@K, default (1, 5, 10)
   #   train_split, train_max_images, weight_decays, probe_steps   linear probe: the split
-  #                its logistic regression is fitted on, the weight decays swept on a
-  #                held-out fifth of it, and the optimiser steps per fit
+  #                its logistic regression is fitted on (`train`) and at most how many of
+  #                its images (0: all), the weight decays swept on a held-out fifth of it
+  #                (1e-6, 1e-4, 1e-2), and the optimiser steps per fit (500)
   # Results are written as `<name>/<metric>`. Example:
   #   config.evals.coco = dict(type='retrieval', dataset='wds:/data/wds_mscoco_captions')
   config.evals = ml_collections.ConfigDict()
@@ -70,13 +70,10 @@ def get_config():
   # At start-up each host tries this many records of its shards and stops, naming the files,
   # if none holds a decodable image (instead of skipping bad records forever).
   config.unreadable_records_limit = 1000
-  # (FLIP: caches its evaluation set in memory.) No effect: tf.data reads the evaluation
-  # set once per evaluation.
-  config.cache = True
 
   # --- Schedule -----------------------------------------------------------
   # Steps are counted as FLIP counts them: samples_per_epoch // batch_size per virtual epoch,
-  # int(num_epochs) epochs, and the warmup and cosine in those steps (optimizer.py).
+  # int(num_epochs) epochs, and the warmup and cosine in those steps (trainer/optimizer.py).
   config.batch_size = 65536  # global batch over all hosts and devices (FLIP's default)
   config.learning_rate = 4e-6  # peak learning rate per 256 examples (scaled by batch_size/256)
   # > 0: the peak learning rate itself, whatever the batch (open_clip's and A-CLIP's --lr);
@@ -93,7 +90,6 @@ def get_config():
   config.total_steps = 0  # > 0: train exactly this many steps, overriding num_epochs
 
   # --- Optimiser (AdamW) --------------------------------------------------
-  config.opt_type = 'adamw'
   config.opt = ml_collections.ConfigDict()
   config.opt.b1 = 0.9
   config.opt.b2 = 0.95
@@ -101,15 +97,8 @@ def get_config():
   config.opt.weight_decay = 0.2
   # Clip the global gradient norm to this value (0: no clipping, as FLIP).
   config.opt.clip_grad_norm = 0.0
-  # (FLIP: concatenates all parameters into one vector for its optimiser, a t5x memory
-  # trick.) No effect: optax updates each parameter in place, with the same result.
-  config.opt.flatten_params = False
-  # (FLIP: the dtype AdamW's first moment is created in.) FLIP's AdamW never casts the moment
-  # back after an update (utils/adamw.py:143 is commented out), so from the first step on it
-  # is float32 whatever this says, and so it is here: `bfloat16` gives FLIP's float32 numbers.
-  config.opt_mu_dtype = 'float32'
   # The first moment's dtype for good: `bfloat16` halves its memory (the second moment stays
-  # float32); empty: float32, as FLIP's code behaves.
+  # float32); empty: float32, as FLIP's code behaves (see opt_mu_dtype, FLIP's field, below).
   config.opt.mu_dtype = ''
   # Weight decay on the `decay_set` only (False: on every parameter).
   config.exclude_wd = True
@@ -137,7 +126,7 @@ def get_config():
   config.aug.eval_pad = 0
   config.aug.flip = True  # random horizontal flip
   # Per-channel statistics the towers normalise pixels with, on the 0-1 scale: ImageNet's
-  # (FLIP's, the default) or OpenAI's for open_clip's models (open_clip_towers below).
+  # (FLIP's, the default) or OpenAI's for open_clip's models (presets.open_clip_towers).
   config.aug.pixel_mean = (0.485, 0.456, 0.406)
   config.aug.pixel_std = (0.229, 0.224, 0.225)
   config.aug.txt = ml_collections.ConfigDict()
@@ -154,10 +143,9 @@ def get_config():
 
   # --- Run control --------------------------------------------------------
   # Seeds: `seed_jax` for parameter initialisation, masks and dropout; `seed_tf` for the
-  # data (shard order, shuffling, crops, flips). (FLIP: `seed_pt`, a PyTorch seed.) No effect.
+  # data (shard order, shuffling, crops, flips).
   config.seed_jax = 0
   config.seed_tf = 0
-  config.seed_pt = 0
   config.log_every_steps = 200
   config.eval_every_steps = 0  # 0: only at the end (if eval_at_end)
   # A checkpoint every this many virtual epochs (0: none but the last, if save_at_end) ...
@@ -168,8 +156,8 @@ def get_config():
   # (and at the end).
   config.vis_every_epochs = 20.0
   # Also run every evaluation after the first virtual epoch and every vis_every_epochs, as
-  # FLIP's train.py evaluates (FLIP's recipes set it: flip_run_control below). The rows are
-  # written at the step that ends the epoch; FLIP writes them one step later.
+  # FLIP's train.py evaluates (FLIP's recipes set it: presets.flip_run_control). The rows
+  # are written at the step that ends the epoch; FLIP writes them one step later.
   config.eval_every_vis_epochs = False
   config.eval_at_end = True
   config.save_at_end = True
@@ -233,8 +221,6 @@ def get_config():
   config.model.clr.logit_scale_clamp = 'forward'
   config.model.clr.proj_dim_out = 768  # shared embedding width
   config.model.clr.proj_out_bias = False  # biases of the two output projections
-  # The contrastive loss; FLIP has no other objective, and neither has this code (True only).
-  config.model.clr.clr_loss = True
   # Image embedding: the mean of the encoded tokens (True) or the class token (False).
   config.model.clr.img_avg_token = True
   # With img_avg_token: the class token is averaged in too (FLIP), or only patch tokens.
@@ -263,7 +249,38 @@ def get_config():
   # one block, and remat saves exactly what its policy says. False unrolls the blocks
   # (block_00, ...), which XLA fuses better in small models; checkpoints differ in layout.
   config.model.scan_layers = True
+  _accepted_from_flip(config)
   return config
+
+
+def _accepted_from_flip(config):
+  """FLIP's fields that this code accepts, so that FLIP's config files and command lines
+  run unchanged, but that need no other value than the one set here (the start-up checks
+  refuse one that would change nothing or cannot be done)."""
+  # FLIP caches its evaluation set in memory; tf.data reads it once per evaluation here.
+  config.cache = True
+  # A PyTorch seed: nothing here uses PyTorch (seed_jax and seed_tf are the seeds).
+  config.seed_pt = 0
+  # The optimiser: AdamW only, as in FLIP.
+  config.opt_type = 'adamw'
+  # FLIP concatenates all parameters into one vector for its optimiser, a t5x memory trick;
+  # optax updates each parameter in place, with the same result.
+  config.opt.flatten_params = False
+  # The dtype FLIP's AdamW creates the first moment in. FLIP never casts it back after an
+  # update (its utils/adamw.py:143 is commented out), so from the first step on it is
+  # float32 whatever this says, and so it is here: `bfloat16` gives FLIP's float32 numbers
+  # (opt.mu_dtype keeps a bfloat16 moment for good).
+  config.opt_mu_dtype = 'float32'
+  # The contrastive loss is the only objective, in FLIP and here: True only.
+  config.model.clr.clr_loss = True
+  # The modules' names; parameters are `image/...` and `text/...` here, and FLIP's
+  # checkpoints are mapped by name when loaded.
+  config.model.model_img.name = 'img_encoder'
+  config.model.model_txt.name = 'txt_encoder'
+  # Text tokens are never masked and the text position embedding is learned, as FLIP's
+  # model refuses other values too: 0.0 and False only.
+  config.model.model_txt.mask_ratio = 0.0
+  config.model.model_txt.sincos = False
 
 
 def _transformer(config, width, heads, layers):
@@ -287,9 +304,6 @@ def get_config_img():
   config.mask_ratio = 0.5
   # Position embedding: fixed 2-D sin-cos (True, FLIP) or learned (False).
   config.sincos = True
-  # (FLIP: the module's name.) No effect: parameters are `image/...` here; FLIP's
-  # checkpoints are mapped by name when loaded.
-  config.name = 'img_encoder'
   config.patches = ml_collections.ConfigDict({'size': (16, 16)})
   # Never update the patch embedding (A-CLIP's image tower, after MoCo v3): no gradient, no
   # decay.
@@ -339,11 +353,6 @@ def get_config_img():
 
 def get_config_txt():
   config = ml_collections.ConfigDict()
-  # Text tokens are never masked and the position embedding is learned, as in FLIP (whose
-  # model refuses other values too): 0.0 and False only.
-  config.mask_ratio = 0.0
-  config.sincos = False
-  config.name = 'txt_encoder'  # (FLIP: the module's name.) No effect.
   config.vocab_size = 30523  # BERT's 30,522 WordPieces + 1 out-of-vocabulary id
   config.hidden_size = 768
   config.transformer = ml_collections.ConfigDict()
@@ -356,137 +365,4 @@ def get_config_txt():
   # Text embedding: empty lets model.clr.txt_avg_token choose (FLIP's field: `mean` or
   # `first`); `argmax` reads the token with the largest id, open_clip's end of text.
   config.pool = ''
-  return config
-
-
-def flip_run_control(config):
-  """FLIP's train.py habits, for FLIP's recipes: zero-shot after the first virtual epoch and
-  every vis_every_epochs, and every checkpoint kept."""
-  config.eval_every_vis_epochs = True
-  config.keep_checkpoints = 0
-  return config
-
-
-def project_choices(config):
-  """This project's choices for new runs, where they differ from FLIP's model.
-
-  A [CLS] and a [SEP] token around each caption, so that first-token pooling reads a token
-  of its own; padding masked out of text attention; image embedding averaged over the
-  patches only. Each is a config field, set here in one place for the recipes that use it.
-  """
-  config.aug.txt.cls_token = True
-  config.aug.txt.sep_token = True
-  config.model.model_txt.mask_padding = True
-  config.model.clr.img_avg_with_cls = False
-  return config
-
-
-# Tower sizes: image (width, layers, heads), text (width, layers, heads), embedding width,
-# patch side. B/16, L/16 and H/14 are FLIP's; tiny trains on one CPU in minutes.
-SIZES = {
-    'tiny': dict(img=(128, 4, 4), txt=(128, 4, 4), embed=128, patch=8),
-    'B/16': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=16),
-    'L/16': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=16),
-    'H/14': dict(img=(1280, 32, 16), txt=(1024, 24, 16), embed=1024, patch=14),
-}
-
-
-# open_clip's CLIP family by its model names (model_configs/<name>.json there), 224 pixels.
-OPEN_CLIP_SIZES = {
-    'ViT-B-32': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=32),
-    'ViT-B-16': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=16),
-    'ViT-L-14': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=14),
-    'ViT-H-14': dict(img=(1280, 32, 16), txt=(1024, 24, 16), embed=1024, patch=14),
-}
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def open_clip_towers(config, quick_gelu: bool = False):
-  """open_clip's CLIP towers, tokenizer and pixel statistics, keeping the sizes.
-
-  Image: patch conv without bias, a learned position for every token including the class
-  token, ln_pre, class-token pooling after ln_post. Text: CLIP's BPE with 77 tokens, causal
-  attention, pooling at the end-of-text token after ln_final. Exact GELU (QuickGELU for
-  OpenAI's weights, open_clip's `-quickgelu` models), LayerNorm epsilon 1e-5, OpenAI's pixel
-  statistics, projections without bias.
-  """
-  img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
-  img.sincos = False
-  img.patch_bias = False
-  img.cls_position = True
-  img.pre_norm = True
-  clr.img_avg_token = False
-  clr.proj_out_bias = False
-  txt.causal = True
-  txt.pool = 'argmax'
-  txt.mask_padding = False
-  txt.vocab_size = 49408
-  config.aug.txt.tokenizer = 'clip_bpe'
-  config.aug.txt.max_len = 77
-  config.aug.txt.cls_token = False
-  config.aug.txt.sep_token = False
-  config.model.activation = 'quick_gelu' if quick_gelu else 'gelu'
-  config.model.norm_eps = 1e-5
-  config.aug.pixel_mean = OPENAI_MEAN
-  config.aug.pixel_std = OPENAI_STD
-  return config
-
-
-def set_size(config, name: str):
-  """Sets both towers and the embedding width to a named size from SIZES (FLIP's) or
-  OPEN_CLIP_SIZES (which also set the image size to open_clip's 224 pixels)."""
-  sizes = {**SIZES, **OPEN_CLIP_SIZES}
-  if name not in sizes:
-    raise ValueError(f'unknown model size {name!r}; expected one of {sorted(sizes)}')
-  size = sizes[name]
-  if name in OPEN_CLIP_SIZES:
-    config.image_size = 224
-  for tower, (width, layers, heads) in (('model_img', size['img']),
-                                        ('model_txt', size['txt'])):
-    cfg = config.model[tower]
-    cfg.hidden_size = width
-    cfg.transformer.num_layers = layers
-    cfg.transformer.num_heads = heads
-    cfg.transformer.mlp_dim = 4 * width
-  config.model.model_img.patches.size = (size['patch'], size['patch'])
-  config.model.clr.proj_dim_out = size['embed']
-  return config
-
-
-def open_clip_training(config, *, learning_rate: float, warmup_steps: int,
-                       crop_scale=(0.9, 1.0)):
-  """open_clip's training loop (open_clip_train), whose recipes GLIP and Masking Clusters ran.
-
-  The learning rate is absolute; warmup in steps; AdamW betas (0.9, 0.98), eps 1e-6 and
-  weight decay 0.2 on open_clip's set; logit_scale clamped after each update;
-  torchvision's RandomResizedCrop with `crop_scale` (open_clip's default 0.9-1.0), bicubic,
-  no flip; mixed precision (bfloat16 here, float16 with a loss scaler there).
-  """
-  config.abs_learning_rate = learning_rate
-  config.warmup_steps = warmup_steps
-  config.opt.b1, config.opt.b2, config.opt.eps = 0.9, 0.98, 1e-6
-  config.opt.weight_decay = 0.2
-  config.decay_set = 'open_clip'
-  config.model.clr.logit_scale_clamp = 'after_update'
-  config.aug.crop_ver = 'rrc'
-  config.aug.area_range = tuple(crop_scale)
-  config.aug.flip = False
-  config.model.dtype = 'bfloat16'
-  config.min_abs_lr = 0.0  # open_clip's cosine ends at 0
-  return config
-
-
-# Conceptual Captions 12M as GLIP and Masking Clusters counted it.
-CC12M_SAMPLES = 10_968_539
-
-
-def unmasked_tuning(config, *, learning_rate: float, batch_size: int, epochs: float = 1.0):
-  """Tuning without masking after masked training (FLIP's and GLIP's last step): every patch,
-  from the weights of `pretrain_dir`, no warmup."""
-  config.model.model_img.mask_ratio = 0.0
-  config.abs_learning_rate = learning_rate
-  config.batch_size = batch_size
-  config.num_epochs = epochs
-  config.warmup_steps, config.warmup_epochs = 0, 0.0
   return config

@@ -22,34 +22,17 @@ PIL's but not bit-equal.
 """
 
 from configs import default
+from configs import presets
 
 MASK_RATIOS = ('0.5', '0.75', '0.918')
 
 
-def glip_training(config):
-  """GLIP's model, data and optimisation, before the masking (shared with the other rows of
-  GLIP's table: glip_table_base16.py)."""
-  default.set_size(config, 'ViT-B-16')
-  default.open_clip_towers(config)
-  default.open_clip_training(config, learning_rate=1e-3, warmup_steps=10_000,
-                             crop_scale=(0.5, 1.0))
-  config.samples_per_epoch = default.CC12M_SAMPLES
-  config.num_epochs = 30.0
-  config.batch_size = 1280
-  config.eval_templates = 'openai80'
-  return config
-
-
-def glip_tuning(config):
-  return default.unmasked_tuning(config, learning_rate=1e-5, batch_size=640, epochs=1.0)
-
-
 def get_config(variant: str = '0.5'):
-  config = glip_training(default.get_config())
+  config = presets.glip_training(default.get_config())
   config.model.model_img.masking.policy = 'gaussian'
   config.model.model_img.masking.sigma = 0.2  # a variance, as in GLIP
   if variant == 'tune':
-    return glip_tuning(config)
+    return presets.glip_tuning(config)
   if variant not in MASK_RATIOS:
     raise ValueError(f'configs/glip_base16.py:{variant}: expected a mask ratio of '
                      f'{MASK_RATIOS} or `tune`')

@@ -10,13 +10,14 @@ and the deviations), so that the rows differ in the masking alone.
 
 from configs import default
 from configs import glip_base16
+from configs import presets
 
 
 def get_config(variant: str = '0.5'):
-  config = glip_base16.glip_training(default.get_config())
+  config = presets.glip_training(default.get_config())
   config.model.model_img.masking.policy = 'random'
   if variant == 'tune':
-    return glip_base16.glip_tuning(config)
+    return presets.glip_tuning(config)
   if variant not in glip_base16.MASK_RATIOS:
     raise ValueError(f'configs/glip_flip_base16.py:{variant}: expected a mask ratio of '
                      f'{glip_base16.MASK_RATIOS} or `tune`')

@@ -9,17 +9,18 @@
 Embedding 512; image tower 768 wide, 12 layers of 12 heads, 16-pixel patches at 224 pixels;
 text tower 512 wide, 12 layers of 8 heads, 77 CLIP BPE tokens, vocabulary 49,408. Its
 checkpoints export to open_clip with tools/export_open_clip.py. `ViT-B-32`, `ViT-L-14` and
-`ViT-H-14` are the other sizes of this family (default.set_size); OpenAI's weights need
+`ViT-H-14` are the other sizes of this family (presets.set_size); OpenAI's weights need
 `open_clip_towers(config, quick_gelu=True)` (model.activation='quick_gelu').
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
   config = default.get_config()
-  default.set_size(config, 'ViT-B-16')
-  default.open_clip_towers(config)
+  presets.set_size(config, 'ViT-B-16')
+  presets.open_clip_towers(config)
   config.model.model_img.mask_ratio = 0.0
   config.model.model_img.masking.policy = 'none'
   return config

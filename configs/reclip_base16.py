@@ -13,17 +13,17 @@ grid, the class token's row kept.
 """
 
 from configs import default
-from configs import glip_base16
+from configs import presets
 
 IMAGE_SIZES = ('160', '112', '64')
 
 
 def get_config(variant: str = '160'):
-  config = glip_base16.glip_training(default.get_config())
+  config = presets.glip_training(default.get_config())
   config.model.model_img.mask_ratio = 0.0
   config.model.model_img.masking.policy = 'none'
   if variant == 'tune':
-    return glip_base16.glip_tuning(config)  # at open_clip's 224 pixels
+    return presets.glip_tuning(config)  # at open_clip's 224 pixels
   if variant not in IMAGE_SIZES:
     raise ValueError(f'configs/reclip_base16.py:{variant}: expected an image size of '
                      f'{IMAGE_SIZES} or `tune`')

@@ -5,12 +5,13 @@
 """
 
 from configs import default
+from configs import presets
 
 
 def get_config():
   config = default.get_config()
-  default.set_size(config, 'tiny')
-  default.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
+  presets.set_size(config, 'tiny')
+  presets.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
   config.laion_path = 'data/demo/train'
   config.eval_dataset = 'folder:data/demo/zeroshot'
   # Held-out captioned images: harder than the zero-shot classes, which the demo saturates.

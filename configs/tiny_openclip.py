@@ -9,12 +9,12 @@ LayerNorm epsilon 1e-5 and OpenAI's pixel statistics: what open_clip builds, so 
 export opens in open_clip and CLIP_benchmark exactly.
 """
 
-from configs import default
+from configs import presets
 from configs import tiny
 
 
 def get_config():
   config = tiny.get_config()
-  default.open_clip_towers(config)
+  presets.open_clip_towers(config)
   config.aug.txt.max_len = 16
   return config

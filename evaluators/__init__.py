@@ -1,12 +1,9 @@
 """Evaluations of a train state, each built from its config and chosen by type name.
 
-  config.evals.<name>.type     zeroshot_classification | retrieval | linear_probe
-  config.evals.<name>.dataset  a TFDS name, folder:PATH or wds:PATH (input_pipeline/eval_data)
-
-and the fields in DEFAULTS. FLIP's `eval_dataset` (with eval_split, eval_classnames,
-eval_templates, eval_max_images, eval_every_steps) defines one more, named `zeroshot`.
-An evaluator is called with the train state and a key and returns named metrics, written
-as `<name>/<metric>`.
+Every evaluation is a named entry of `config.evals` (its fields and their defaults are
+documented in configs/default.py); FLIP's `eval_dataset` defines one more, named
+`zeroshot`. An evaluator is called with the train state and a key and returns named
+metrics, written as `<name>/<metric>`.
 """
 
 from typing import Dict
@@ -17,19 +14,19 @@ from evaluators import common
 from evaluators.linear_probe import LinearProbe
 from evaluators.retrieval import Retrieval
 from evaluators.zeroshot_classification import ZeroShotClassification
+from input_pipeline import eval_data
 
 EVALUATORS = {'zeroshot_classification': ZeroShotClassification, 'retrieval': Retrieval,
               'linear_probe': LinearProbe}
 
-# Every evaluation's fields; the kinds read their own.
+# Every evaluation's fields and their defaults (configs/default.py: config.evals); each
+# kind reads its own. every_steps -1 stands for config.eval_every_steps.
 DEFAULTS = dict(
-    type='', dataset='', split='test',
-    every_steps=-1,  # -1: config.eval_every_steps; 0: only at the end (if eval_at_end)
-    max_images=0,  # at most this many images (0: all), drawn across the classes
-    classnames='', templates='',  # zero-shot; a wds: set brings its own unless set
-    recall_k=(1, 5, 10),  # retrieval
-    train_split='train', train_max_images=0,  # linear probe
-    weight_decays=(1e-6, 1e-4, 1e-2), probe_steps=500,  # linear probe
+    type='', dataset='', split='test', every_steps=-1, max_images=0,
+    classnames='', templates='',
+    recall_k=(1, 5, 10),
+    train_split='train', train_max_images=0, weight_decays=(1e-6, 1e-4, 1e-2),
+    probe_steps=500,
 )
 
 
@@ -66,6 +63,14 @@ def eval_configs(config) -> Dict[str, ml_collections.ConfigDict]:
       ecfg.every_steps = config.eval_every_steps
     resolved[name] = ecfg
   return resolved
+
+
+def check(config):
+  """Start-up checks of the evaluations' fields, each naming its field."""
+  for name, ecfg in eval_configs(config).items():
+    if ecfg.templates:
+      eval_data.templates(ecfg.templates, f'config.evals.{name}.templates'
+                          if name in config.evals else 'config.eval_templates')
 
 
 def build(config, model, mesh, tokenizer):

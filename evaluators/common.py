@@ -7,11 +7,12 @@ from typing import List
 import jax
 import numpy as np
 
-import masking
-import partitioning
 from input_pipeline import eval_data
+import masking
 from models import clip
-from train_step import TrainState, teacher_forward
+from trainer import partitioning
+from trainer.state import TrainState
+from trainer.step import teacher_forward
 
 
 def image_step(params, ema_params, batch, rng, *, model, policy):

@@ -4,7 +4,6 @@ from typing import Dict, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from evaluators import common
 from input_pipeline import eval_data

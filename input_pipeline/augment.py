@@ -3,7 +3,7 @@
 The crops and the resize are FLIP's (`aug.crop_ver`, `aug.eval_pad`, bicubic without
 antialiasing), drawn from stateless random numbers so that the same seed gives the same crops.
 Images leave as uint8 pixels, whole grey levels as PIL's resize also gives them; the steps on
-the device normalise them (models/pixels.py).
+the device normalise them (models/pixel_normalization.py).
 """
 
 import math

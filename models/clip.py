@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from models import pixels
+from models import pixel_normalization
 from models.text import TextTower
 from models.vit import VisionTower
 
@@ -34,7 +34,7 @@ class Head(nn.Module):
 class CLIP(nn.Module):
   """A learnable logit scale starts at `init_logit_scale` and is clipped to
   [0, max_logit_scale] in the forward pass, as FLIP's (unless `clip_logit_scale` is off:
-  open_clip clamps the parameter after each update instead, train_step.py); a fixed one is
+  open_clip clamps the parameter after each update instead, trainer/step.py); a fixed one is
   used as it is. `pixel_mean` and `pixel_std` are the statistics the image tower's inputs
   are normalised with (`normalize_pixels`)."""
   image: VisionTower
@@ -44,8 +44,8 @@ class CLIP(nn.Module):
   learn_logit_scale: bool = True
   clip_logit_scale: bool = True
   head_dim: int = 0  # > 0 adds the projector and predictor of A-CLIP's auxiliary losses
-  pixel_mean: Tuple[float, ...] = pixels.MEAN_RGB
-  pixel_std: Tuple[float, ...] = pixels.STDDEV_RGB
+  pixel_mean: Tuple[float, ...] = pixel_normalization.MEAN_RGB
+  pixel_std: Tuple[float, ...] = pixel_normalization.STDDEV_RGB
 
   def setup(self):
     self.log_scale = self.param('logit_scale',
@@ -176,7 +176,7 @@ def from_config(config) -> CLIP:
 
 def normalize_pixels(model: CLIP, images):
   """The input pipelines' uint8 pixels as `model`'s image tower reads them."""
-  return pixels.normalize(images, model.pixel_mean, model.pixel_std)
+  return pixel_normalization.normalize(images, model.pixel_mean, model.pixel_std)
 
 
 

@@ -2,7 +2,7 @@
 
 Kernels carry logical axis names (`embed`, `mlp`, `heads`, `kv`) and so do the activations
 (`batch`, `length` besides), so that a rules list can place both on a device mesh without
-touching the model (partitioning.py).
+touching the model (trainer/partitioning.py).
 """
 
 from typing import Any, Optional, Sequence

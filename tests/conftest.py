@@ -45,27 +45,27 @@ def cpu_devices(count, **env):
       f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count={count}"))
 
 
+def micro_fields(demo_dir):
+  """The fields that shrink the tiny recipe to compile and step in about a second."""
+  fields = {
+      'laion_path': str(demo_dir / 'train'),
+      'eval_dataset': f'folder:{demo_dir / "zeroshot"}',
+      'evals.retrieval.dataset': f'wds:{demo_dir / "wds_retrieval"}',
+      'image_size': MICRO_IMAGE, 'batch_size': 8, 'eval_batch_size': 16,
+      'shuffle_buffer': 16, 'samples_per_epoch': 96, 'num_parallel_reads': 2,
+      'aug.txt.max_len': 16, 'model.clr.proj_dim_out': 16, 'log_every_steps': 1,
+  }
+  for tower in ('model_img', 'model_txt'):
+    fields.update({f'model.{tower}.hidden_size': 32, f'model.{tower}.transformer.mlp_dim': 64,
+                   f'model.{tower}.transformer.num_heads': 2,
+                   f'model.{tower}.transformer.num_layers': 1})
+  return fields
+
+
 def micro_config(demo_dir, **overrides):
-  """The tiny recipe shrunk to compile and step in about a second."""
+  """The tiny recipe shrunk by micro_fields, then `overrides` (dotted names) applied."""
   config = tiny.get_config()
-  config.laion_path = str(demo_dir / 'train')
-  config.eval_dataset = f'folder:{demo_dir / "zeroshot"}'
-  config.evals.retrieval.dataset = f'wds:{demo_dir / "wds_retrieval"}'
-  config.image_size = MICRO_IMAGE
-  config.batch_size = 8
-  config.eval_batch_size = 16
-  config.shuffle_buffer = 16
-  config.samples_per_epoch = 96
-  config.num_parallel_reads = 2
-  for tower in (config.model.model_img, config.model.model_txt):
-    tower.hidden_size = 32
-    tower.transformer.mlp_dim = 64
-    tower.transformer.num_heads = 2
-    tower.transformer.num_layers = 1
-  config.model.clr.proj_dim_out = 16
-  config.aug.txt.max_len = 16
-  config.log_every_steps = 1
-  for key, value in overrides.items():
+  for key, value in {**micro_fields(demo_dir), **overrides}.items():
     target = config
     *parents, leaf = key.split('.')
     for name in parents:
@@ -76,19 +76,7 @@ def micro_config(demo_dir, **overrides):
 
 def main_command(workdir, demo_dir, *overrides, config_file='configs/tiny.py'):
   """`python main.py` with the micro model on the demo data; run from ROOT."""
-  config = micro_config(demo_dir)
-  flags = [f'--config.laion_path={config.laion_path}',
-           f'--config.eval_dataset={config.eval_dataset}',
-           f'--config.evals.retrieval.dataset={config.evals.retrieval.dataset}',
-           '--config.image_size=32', '--config.batch_size=8', '--config.eval_batch_size=16',
-           '--config.shuffle_buffer=16', '--config.samples_per_epoch=96',
-           '--config.aug.txt.max_len=16', '--config.model.clr.proj_dim_out=16',
-           '--config.log_every_steps=1']
-  for tower in ('model_img', 'model_txt'):
-    flags += [f'--config.model.{tower}.hidden_size=32',
-              f'--config.model.{tower}.transformer.mlp_dim=64',
-              f'--config.model.{tower}.transformer.num_heads=2',
-              f'--config.model.{tower}.transformer.num_layers=1']
+  flags = [f'--config.{key}={value}' for key, value in micro_fields(demo_dir).items()]
   return [sys.executable, 'main.py', f'--workdir={workdir}', f'--config={config_file}',
           *flags, *overrides]
 

@@ -13,13 +13,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-import checkpoints
-import partitioning
-import train_step
-from input_pipeline import laion
 from input_pipeline.tokenizer import BertTokenizer
+from input_pipeline import training_pairs
 from models import clip
 from tests.conftest import micro_config
+from trainer import checkpoints
+from trainer import partitioning
+from trainer import state as state_lib
+from trainer import step as step_lib
 
 MESHES = {'one_device': ('dp', 1, 1), 'dp': ('dp', 1, 8), 'fsdp': ('fsdp', 1, 8),
           'dp_tp': ('dp', 2, 8), 'fsdp_tp': ('fsdp', 2, 8),
@@ -38,7 +39,7 @@ def config_for(demo_dir, **overrides):
 def run(config, devices, batch, steps=2):
   mesh = partitioning.make_mesh(config, devices)
   partitioning.check_divisibility(config, mesh)
-  _, _, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, _, state, step_fn = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   global_batch = partitioning.global_batch(mesh, batch)
   activations = activation_specs(step_fn, state, global_batch)
   losses = []
@@ -111,7 +112,7 @@ def main(demo_dir):
   devices = jax.devices()
   assert len(devices) == 8, devices
   base = config_for(demo_dir)
-  batch = next(laion.train_dataset(base, BertTokenizer(16), laion.list_shards(
+  batch = next(training_pairs.train_dataset(base, BertTokenizer(16), training_pairs.list_shards(
       base.laion_path), seed=0).as_numpy_iterator())
   out = {'equivalence': {}, 'specs': {}, 'activations': {}}
   reference = None
@@ -144,7 +145,7 @@ def main(demo_dir):
       config = config_for(demo_dir, **{'partitioning.num_partitions': partitions})
       mesh = partitioning.make_mesh(config, devices[:count])
       model = clip.from_config(config)
-      fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(7), mesh)
+      fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(7), mesh)
       restored = checkpoints.restore_checkpoint(manager, fresh, manager.latest_step())
       params = flat_params(restored)
       out['restore'][name] = {

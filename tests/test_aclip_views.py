@@ -13,15 +13,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-import masking
-import partitioning
-import pictures
-import train_step
 from input_pipeline import augment
-from input_pipeline import laion
 from input_pipeline.tokenizer import BertTokenizer
+from input_pipeline import training_pairs
+import masking
 from masking import view_geometry
 from tests.conftest import ROOT, micro_config
+from trainer import mask_pictures
+from trainer import partitioning
+from trainer import step as step_lib
 
 
 def torchvision_window(rng, height, width, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -73,7 +73,7 @@ def test_each_views_kept_blocks_equal_aclips(tmp_path):
                                              jnp.asarray(views[:, v]), jnp.asarray(teacher))
     np.testing.assert_allclose(mapped, theirs['mapped'][v], rtol=1e-5, atol=1e-9)
     keep = masking.attentive_keep(jax.random.PRNGKey(0), mapped, (14, 14), num_keep, block=2)
-    kept = pictures.keep_mask(keep, None, 196)
+    kept = mask_pictures.keep_mask(keep, None, 196)
     assert kept.sum(1).tolist() == [100] * len(attention)  # 25 of 49 blocks, as A-CLIP's
     np.testing.assert_array_equal(kept, theirs['kept'][v])
   # The two views of an image keep different patches: each sees its own part of the map.
@@ -126,20 +126,20 @@ def test_separate_views_train_through_the_pipeline_and_are_pictured(demo_dir):
       'model.model_img.masking.view_crops': 'separate', 'aug.crop_ver': 'rrc',
       'model.aclip.distill_weight': 2.0, 'model.aclip.simclr_weight': 1.0,
       'model.aclip.head_dim': 16})
-  dataset = laion.train_dataset(config, BertTokenizer(16), laion.list_shards(config.laion_path),
+  dataset = training_pairs.train_dataset(config, BertTokenizer(16), training_pairs.list_shards(config.laion_path),
                                 seed=0)
   batch = next(dataset.as_numpy_iterator())
   assert batch['views'].shape == (8, 2, 32, 32, 3) and batch['crop_boxes'].shape == (8, 3, 4)
   batch.pop('position')
   mesh = partitioning.make_mesh(config)
-  training = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   state, losses = training.state, []
   for _ in range(6):
     state, metrics = training.step(state, partitioning.global_batch(mesh, batch),
                                    jax.random.PRNGKey(1))
     losses.append(float(metrics['train_loss']))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-  picture = pictures.example_grid(training.model, training.policy, state,
+  picture = mask_pictures.example_grid(training.model, training.policy, state,
                                   {k: batch[k][:2] for k in ('image', 'views', 'crop_boxes')},
                                   jax.random.PRNGKey(2), mesh)
   assert picture.shape == (2 * 34, 3 * 34, 3)  # a row per example: teacher, view 1, view 2

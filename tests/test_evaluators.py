@@ -12,13 +12,13 @@ import pytest
 from PIL import Image
 
 import evaluators
-import partitioning
-import train
 from evaluators import linear_probe as probe
 from evaluators.retrieval import recall_at_k
 from input_pipeline import tokenizer as tokenizer_lib
 from models import clip
 from tests.conftest import metrics_rows, micro_config
+import train
+from trainer import partitioning
 
 
 def test_recall_at_k_on_a_hand_made_case():

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import checkpoints
-import partitioning
-import train_step
 from models import clip
-from tests import flip_reference
 from tests.conftest import ROOT, metrics_rows, micro_config
+from tests import flip_reference
+from trainer import partitioning
+from trainer import pretrained
+from trainer import state as state_lib
 
 HEADS = 2
 
@@ -64,8 +64,8 @@ def flip_params(config, seed=0):
 def our_params(config, path):
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  state = train_step.create_train_state(config, model, jax.random.PRNGKey(3), mesh)
-  return model, checkpoints.load_pretrained_params(path, state.params)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(3), mesh)
+  return model, pretrained.load_pretrained_params(path, state.params)
 
 
 @pytest.mark.parametrize('scan_layers,bucket', [(False, None), (True, 'flip-release-bucket')])
@@ -78,7 +78,7 @@ def test_flip_release_loads_and_gives_flips_embeddings(tmp_path, demo_dir, scan_
   # A release is loaded as it comes: the folder of checkpoint_<step>/ or that folder.
   for path in (tmp_path / 'release', tmp_path / 'release' / 'checkpoint_5000'):
     model, params = our_params(config, str(path))
-    assert checkpoints.pretrained_step(str(path)) == 5000  # where eval_only writes
+    assert pretrained.pretrained_step(str(path)) == 5000  # where eval_only writes
     rng = np.random.default_rng(1)
     images = rng.standard_normal((3, 32, 32, 3)).astype(np.float32)
     tokens = rng.integers(1000, 30000, (3, 16)).astype(np.int32)

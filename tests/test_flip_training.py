@@ -8,14 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import masking
-import optimizer
-import partitioning
-import train_step
 from configs import default
+import masking
 from models import clip
 from tests import flip_reference
 from tests.test_flip import HEADS, flip_model_config, flip_params, our_params
+from trainer import objective as objective_lib
+from trainer import optimizer
+from trainer import partitioning
+from trainer import state as state_lib
+from trainer import step as step_lib
 
 
 @pytest.mark.parametrize('recipe', sorted(flip_reference.FLIP_RECIPES))
@@ -26,7 +28,7 @@ def test_every_flip_recipe_has_flips_steps_and_learning_rate_at_every_step(recip
   config.batch_size = batch_size
   total = flip_reference.flip_total_steps(config.num_epochs, config.samples_per_epoch,
                                           batch_size)
-  assert optimizer.steps_of(config)['total'] == total
+  assert optimizer.total_steps(config) == total
   steps = np.arange(total + 1)
   flips = flip_reference.flip_learning_rate(
       steps, learning_rate=config.learning_rate, batch_size=batch_size,
@@ -39,8 +41,7 @@ def test_every_flip_recipe_has_flips_steps_and_learning_rate_at_every_step(recip
 
 def test_flip_default_batch_trains_flips_190000_steps():
   config = default.get_config()
-  steps = optimizer.steps_of(config)
-  assert steps['total'] == 190_000 and steps['warmup'] == 760
+  assert optimizer.total_steps(config) == 190_000 and optimizer.warmup_steps(config) == 760
 
 
 def _batches(config, count, seed=0):
@@ -70,10 +71,10 @@ def train_beside_flip(workdir, demo_dir, mask_ratio, steps=3, **overrides):
   model, params = our_params(config, str(workdir / 'init'))
   mesh = partitioning.make_mesh(config)
   policy = masking.get_policy(config)
-  objective = train_step.objective_of(config, policy)
-  state = train_step.create_train_state(config, model, jax.random.PRNGKey(3), mesh, objective)
+  objective = objective_lib.objective_of(config, policy)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(3), mesh, objective)
   state = state.replace(params=params)
-  step = train_step.jit_train_step(config, model, policy, objective, state, mesh,
+  step = step_lib.jit_train_step(config, model, policy, objective, state, mesh,
                                    donate=False)
   rng = jax.random.PRNGKey(7)
 
@@ -87,7 +88,7 @@ def train_beside_flip(workdir, demo_dir, mask_ratio, steps=3, **overrides):
     # The same kept patches: FLIP's and this project's random masks differ only in order.
     mask_rng = jax.random.split(jax.random.fold_in(rng, index))[0]
     images = clip.normalize_pixels(model, jnp.asarray(batch['image']))
-    keep_idx, _ = train_step.sample_views(policy, mask_rng, images, None, 1)
+    keep_idx, _ = step_lib.sample_views(policy, mask_rng, images, None, 1)
     loss, grads = grad_fn(jax.tree.map(jnp.asarray, flip), images,
                           jnp.asarray(batch['tokens']), keep_idx, 8, HEADS, jnp)
     learning_rate = float(flip_reference.flip_learning_rate(

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 import evaluators
-from input_pipeline import augment, demo_data, eval_data, laion
+from input_pipeline import augment, demo_data, eval_data, training_pairs
 from input_pipeline.tokenizer import BertTokenizer
 from tests.conftest import MICRO_IMAGE, micro_config
 
@@ -20,8 +20,8 @@ def tokenizer():
 
 
 def _batches(config, tokenizer, n):
-  shards = laion.list_shards(config.laion_path)
-  it = laion.train_dataset(config, tokenizer, shards, seed=0).as_numpy_iterator()
+  shards = training_pairs.list_shards(config.laion_path)
+  it = training_pairs.train_dataset(config, tokenizer, shards, seed=0).as_numpy_iterator()
   return shards, [next(it) for _ in range(n)]
 
 
@@ -113,15 +113,15 @@ def test_corrupt_webdataset_samples_are_skipped_and_counted(tmp_path, demo_dir, 
 ])
 def test_bad_laion_paths_are_refused(demo_dir, make_path, message):
   with pytest.raises((FileNotFoundError, ValueError), match=message):
-    laion.list_shards(make_path(demo_dir))
+    training_pairs.list_shards(make_path(demo_dir))
 
 
 def test_each_host_reads_its_own_files():
   files = [f'{i}.tar' for i in range(5)]
-  parts = [laion.host_files(files, i, 2) for i in range(2)]
+  parts = [training_pairs.host_files(files, i, 2) for i in range(2)]
   assert parts == [['0.tar', '2.tar', '4.tar'], ['1.tar', '3.tar']]
   with pytest.raises(ValueError, match='5 shard files cannot be split over 8 hosts'):
-    laion.host_files(files, 0, 8)
+    training_pairs.host_files(files, 0, 8)
 
 
 def zeroshot_images(config, local_batch_size):

@@ -129,7 +129,7 @@ def test_sigterm_saves_the_step_and_the_next_start_resumes_there(tmp_path, demo_
 
 
 def test_partial_and_damaged_checkpoints(tmp_path, demo_dir):
-  import checkpoints  # pylint: disable=g-import-not-at-top
+  from trainer import checkpoints  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'run'
@@ -175,12 +175,12 @@ def _bad_shards(tmp_path):
 
 
 def test_unreadable_training_data_stops_at_once_naming_the_files(tmp_path, demo_dir):
-  from input_pipeline import laion  # pylint: disable=g-import-not-at-top
+  from input_pipeline import training_pairs  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
   for kind, folder in _bad_shards(tmp_path).items():
     config = micro_config(demo_dir, laion_path=str(folder))
     with pytest.raises(ValueError, match=r'none of the first 1000 records of .*00000.tfrecord'):
-      laion.check_readable(config, laion.list_shards(config.laion_path))
+      training_pairs.check_readable(config, training_pairs.list_shards(config.laion_path))
   # The whole command, bounded in time (it used to spin forever).
   done = subprocess.run(main_command(tmp_path / 'run', demo_dir,
                                      f'--config.laion_path={tmp_path / "random"}',
@@ -192,7 +192,7 @@ def test_unreadable_training_data_stops_at_once_naming_the_files(tmp_path, demo_
 def test_one_run_per_workdir(tmp_path, demo_dir):
   import fcntl  # pylint: disable=g-import-not-at-top
   import train  # pylint: disable=g-import-not-at-top
-  import workdir_lock  # pylint: disable=g-import-not-at-top
+  from trainer import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from tests.conftest import micro_config  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / 'shared'
   workdir.mkdir()
@@ -200,7 +200,7 @@ def test_one_run_per_workdir(tmp_path, demo_dir):
     other.write('pid 4242 on elsewhere\n')
     other.flush()
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    with pytest.raises(workdir_lock.WorkdirBusy, match=r'in use by another run \(pid 4242'):
+    with pytest.raises(workdir_lib.WorkdirBusy, match=r'in use by another run \(pid 4242'):
       train.train_and_evaluate(micro_config(demo_dir, total_steps=1), str(workdir))
   assert not os.path.exists(workdir / 'checkpoints')  # nothing of the refused run
   # Released (as when the other run ends or crashes): the next run goes ahead.

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from models import clip
-from models import pixels
+from models import pixel_normalization
 from models.transformer import Encoder
 from models.vit import VisionTower, sincos_2d
 from tests.conftest import micro_config
@@ -205,7 +205,7 @@ def test_sincos_puts_the_column_code_first_as_flip():
 
 def test_pixels_are_normalised_with_imagenet_statistics_and_only_once():
   grey = np.full((1, 2, 2, 3), 128, np.uint8)
-  want = (128 / 255 - np.array(pixels.MEAN_RGB)) / np.array(pixels.STDDEV_RGB)
-  np.testing.assert_allclose(pixels.normalize(grey)[0, 0, 0], want, rtol=1e-5)
+  want = (128 / 255 - np.array(pixel_normalization.MEAN_RGB)) / np.array(pixel_normalization.STDDEV_RGB)
+  np.testing.assert_allclose(pixel_normalization.normalize(grey)[0, 0, 0], want, rtol=1e-5)
   with pytest.raises(TypeError, match='expected uint8 pixels'):
-    pixels.normalize(pixels.normalize(grey))
+    pixel_normalization.normalize(pixel_normalization.normalize(grey))

@@ -17,18 +17,21 @@ import optax
 import pytest
 import tensorflow as tf
 
-import checkpoints
-import masking
-import optimizer
-import train
-import train_step
-from configs import default
 from configs import openclip_vit_b16
+from configs import presets
 from foreign_weights import open_clip_state
 from input_pipeline import tokenizer as tokenizer_lib
+import masking
 from models import clip
 from tests.conftest import ROOT, main_command, micro_config
 from tools import export_open_clip
+import train
+from trainer import checkpoints
+from trainer import objective as objective_lib
+from trainer import optimizer
+from trainer import pretrained
+from trainer import state as state_lib
+from trainer import step as step_lib
 
 HARD_CAPTIONS = [
     '', '   \t\n  ', 'a photo of a cat.', 'A Photo OF a Cat', "it's what they've said, I'd",
@@ -119,7 +122,7 @@ def embeddings(model, params, inputs):
 def test_open_clip_checkpoints_load_and_embed_as_open_clip(open_clip_b16, form):
   out, config, inputs, want = open_clip_b16
   model = clip.from_config(config)
-  params = checkpoints.load_pretrained_params(str(out / form), init_params(model, inputs))
+  params = pretrained.load_pretrained_params(str(out / form), init_params(model, inputs))
   images, texts = embeddings(model, params, inputs)
   np.testing.assert_allclose(images, want['images'], atol=2e-4, rtol=0)
   np.testing.assert_allclose(texts, want['texts'], atol=2e-4, rtol=0)
@@ -163,18 +166,18 @@ def test_a_run_exported_opens_in_open_clip_with_the_same_embeddings(open_clip_ru
   assert result.returncode == 0, result.stderr[-3000:]
   with open(export_dir / 'open_clip_config.json') as f:
     written = json.load(f)
-  assert written['preprocess_cfg']['mean'] == list(default.OPENAI_MEAN)
+  assert written['preprocess_cfg']['mean'] == list(presets.OPENAI_MEAN)
   assert written['model_cfg']['text_cfg']['context_length'] == 16
   config = export_open_clip.run_config_of(checkpoints.latest_step_dir(str(open_clip_run)))
   model = clip.from_config(config)
   inputs = micro_inputs(config)
-  params = checkpoints.load_pretrained_params(str(open_clip_run), init_params(model, inputs))
+  params = pretrained.load_pretrained_params(str(open_clip_run), init_params(model, inputs))
   want, = open_clip_embeddings([export_dir], inputs, tmp_path)
   images, texts = embeddings(model, params, inputs)
   np.testing.assert_allclose(images, want['images'], atol=1e-4, rtol=0)
   np.testing.assert_allclose(texts, want['texts'], atol=1e-4, rtol=0)
   # The export read back here is the same model.
-  again = checkpoints.load_pretrained_params(str(export_dir), init_params(model, inputs))
+  again = pretrained.load_pretrained_params(str(export_dir), init_params(model, inputs))
   np.testing.assert_allclose(embeddings(model, again, inputs)[0], images, atol=1e-6)
 
 
@@ -197,39 +200,39 @@ def test_loading_refuses_what_does_not_fit_and_names_it(micro_export, tmp_path, 
   save_file(dict(state, **{'visual.head.weight': np.zeros((2, 2), np.float32)}),
             str(tmp_path / 'extra.safetensors'))
   with pytest.raises(ValueError, match=r'visual\.head\.weight'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'extra.safetensors'), params)
+    pretrained.load_pretrained_params(str(tmp_path / 'extra.safetensors'), params)
   save_file({k: v for k, v in state.items() if k != 'ln_final.bias'},
             str(tmp_path / 'missing.safetensors'))
   with pytest.raises(ValueError, match=r"missing \['text/encoder/norm_out/bias'\]"):
-    checkpoints.load_pretrained_params(str(tmp_path / 'missing.safetensors'), params)
+    pretrained.load_pretrained_params(str(tmp_path / 'missing.safetensors'), params)
   narrow = config.copy_and_resolve_references()
   narrow.model.clr.proj_dim_out = 8
   with pytest.raises(ValueError, match=r'image/projection/kernel has shape \(32, 16\) in the '
                      r'checkpoint but \(32, 8\)'):
-    checkpoints.load_pretrained_params(str(out), init_params(clip.from_config(narrow), inputs))
+    pretrained.load_pretrained_params(str(out), init_params(clip.from_config(narrow), inputs))
   # A training checkpoint as open_clip writes it: DDP's prefixes, optimiser state beside.
   torch.save({'epoch': 3, 'name': 'run', 'optimizer': {'state': {}, 'param_groups': []},
               'state_dict': {f'module.{k}': torch.from_numpy(v) for k, v in state.items()}},
              tmp_path / 'epoch_3.pt')
-  loaded = checkpoints.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
+  loaded = pretrained.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
   np.testing.assert_array_equal(loaded['logit_scale'], state['logit_scale'])
   # A pickle that holds more than tensors is not run, and says so in one line.
   with open(tmp_path / 'code.pt', 'wb') as f:
     pickle.dump({'state_dict': {}, 'hook': ValueError('ran')}, f)
   with pytest.raises(ValueError, match='weights_only'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'code.pt'), params)
+    pretrained.load_pretrained_params(str(tmp_path / 'code.pt'), params)
   # Without torch, a .pt says how to install it; a .safetensors needs no torch.
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(ValueError, match='pip install torch'):
-    checkpoints.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
-  checkpoints.load_pretrained_params(str(out / open_clip_state.SAFETENSORS_FILE), params)
+    pretrained.load_pretrained_params(str(tmp_path / 'epoch_3.pt'), params)
+  pretrained.load_pretrained_params(str(out / open_clip_state.SAFETENSORS_FILE), params)
 
 
 def test_position_tables_are_resampled_onto_another_grid(micro_export):
   out, config = micro_export
   config = config.copy_and_resolve_references()
   config.image_size = 48  # a 6 x 6 grid instead of 4 x 4
-  params = checkpoints.load_pretrained_params(
+  params = pretrained.load_pretrained_params(
       str(out), init_params(clip.from_config(config), micro_inputs(config)))
   table = np.asarray(params['image']['pos_embedding'])
   original = open_clip_state.read_state_dict(str(out))['visual.positional_embedding']
@@ -325,13 +328,13 @@ def test_open_clips_optimiser_semantics_give_open_clips_parameters(demo_dir, tmp
   same weights and gradients as three of this project's, with open_clip's semantics set."""
   settings = dict(lr=2e-3, warmup=2, total_steps=6, wd=0.2, beta1=0.9, beta2=0.98, eps=1e-6,
                   steps=3)
-  config = default.open_clip_towers(micro_config(demo_dir, **{
+  config = presets.open_clip_towers(micro_config(demo_dir, **{
       'abs_learning_rate': settings['lr'], 'warmup_steps': settings['warmup'],
       'total_steps': settings['total_steps'], 'opt.weight_decay': settings['wd'],
       'opt.b2': settings['beta2'], 'opt.eps': settings['eps'], 'decay_set': 'open_clip',
       'model.clr.logit_scale_clamp': 'after_update', 'model.model_img.sincos': False}))
   model = clip.from_config(config)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), *state_lib.dummy_inputs(config))
                     ['params'])
   # Near its bound, and pushed up: the clamp after each update holds it at log(100).
   params['logit_scale'] = jax.numpy.float32(4.603)
@@ -347,10 +350,10 @@ def test_open_clips_optimiser_semantics_give_open_clips_parameters(demo_dir, tmp
 
   tx = optimizer.make_optimizer(config)
   opt_state = tx.init(params)
-  bound = train_step.objective_of(config, masking.get_policy(config)).clamp_logit_scale
+  bound = objective_lib.objective_of(config, masking.get_policy(config)).clamp_logit_scale
   for _ in range(settings['steps']):
     updates, opt_state = tx.update(grads, opt_state, params)
-    params = train_step.clamp_logit_scale(optax.apply_updates(params, updates), bound)
+    params = step_lib.clamp_logit_scale(optax.apply_updates(params, updates), bound)
   ours = open_clip_state.from_params(params, config)
   theirs = open_clip_state.read_state_dict(str(tmp_path / 'after.safetensors'))
   assert ours.keys() == theirs.keys()

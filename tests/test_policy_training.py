@@ -6,24 +6,27 @@ import jax
 import numpy as np
 import pytest
 
-import checkpoints
-import config_checks
-import masking
-import partitioning
-import train
-import train_step
-from input_pipeline import laion
-from configs import default
+from configs import presets
 from input_pipeline.tokenizer import BertTokenizer, ClipBpeTokenizer
+from input_pipeline import training_pairs
+import masking
 from models import clip
-from models import pixels
+from models import pixel_normalization
 from tests.conftest import micro_config
+import train
+from trainer import checkpoints
+from trainer import checks
+from trainer import cluster_calibration
+from trainer import objective as objective_lib
+from trainer import partitioning
+from trainer import state as state_lib
+from trainer import step as step_lib
 
 
 def first_batch(demo_dir, tokenizer):
   config = micro_config(demo_dir)
-  shards = laion.list_shards(config.laion_path)
-  dataset = laion.train_dataset(config, tokenizer, shards, seed=0)
+  shards = training_pairs.list_shards(config.laion_path)
+  dataset = training_pairs.train_dataset(config, tokenizer, shards, seed=0)
   return next(dataset.as_numpy_iterator())
 
 
@@ -39,14 +42,14 @@ def clip_bpe_batch(demo_dir):
 
 
 def open_clip_towers(config):
-  default.open_clip_towers(config)
+  presets.open_clip_towers(config)
   config.aug.txt.max_len = 16
   return config
 
 
 def _run(config, batch, steps):
   mesh = partitioning.make_mesh(config)
-  _, _, _, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, _, state, step_fn = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   batch = partitioning.global_batch(mesh, batch)
   history = []
   for _ in range(steps):
@@ -94,12 +97,12 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
   config = micro_config(demo_dir, total_steps=10,
                         **{'model.model_img.masking.policy': 'attentive'})
   mesh = partitioning.make_mesh(config)
-  _, _, objective, state, step_fn = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+  _, _, objective, state, step_fn = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   before = jax.device_get(state.ema_params)
   state, _ = step_fn(state, partitioning.global_batch(mesh, demo_batch), jax.random.PRNGKey(1))
   momentum = 1 - (1 - 0.996) * (np.cos(np.pi * 1 / 10) + 1) / 2
   expected = jax.tree.map(lambda e, p: momentum * e + (1 - momentum) * p, before,
-                          jax.device_get(train_step.teacher_part(state.params)))
+                          jax.device_get(state_lib.teacher_part(state.params)))
   for got, want in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
   assert float(objective.momentum(0)) == pytest.approx(0.996)
@@ -109,7 +112,7 @@ def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
 def test_views_are_masked_independently_and_each_contrasted(demo_dir, demo_batch):
   config = micro_config(demo_dir, **{'model.model_img.masking.num_views': 3})
   policy = masking.get_policy(config)
-  keep_idx, valid = train_step.sample_views(policy, jax.random.PRNGKey(0),
+  keep_idx, valid = step_lib.sample_views(policy, jax.random.PRNGKey(0),
                                        demo_batch['image'], None, 3)
   assert keep_idx.shape == (24, 8) and valid is None
   views = np.asarray(keep_idx).reshape(3, 8, 8)
@@ -133,8 +136,8 @@ def test_attentive_run_checkpoints_its_teacher_and_evaluates_masked(tmp_path, de
   assert os.path.isdir(os.path.join(workdir, 'checkpoints', '2', 'ema_params'))
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  objective = train_step.objective_of(config, masking.get_policy(config))
-  fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(9), mesh, objective)
+  objective = objective_lib.objective_of(config, masking.get_policy(config))
+  fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(9), mesh, objective)
   manager = checkpoints.checkpoint_manager(os.path.join(workdir, 'checkpoints'), config)
   restored = checkpoints.restore_checkpoint(manager, fresh, 2)
   assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(restored.ema_params),
@@ -143,10 +146,10 @@ def test_attentive_run_checkpoints_its_teacher_and_evaluates_masked(tmp_path, de
 
 def test_cluster_calibration_sets_the_threshold_for_training(demo_dir, demo_batch):
   config = micro_config(demo_dir, **{'model.model_img.masking.policy': 'cluster'})
-  policy = train.calibrate_cluster_policy(config, demo_batch['image'], jax.random.PRNGKey(0))
+  policy = cluster_calibration.calibrate(config, demo_batch['image'], jax.random.PRNGKey(0))
   threshold = config.model.model_img.masking.threshold
   assert threshold != 0.5 and policy.name == 'cluster'
-  images = pixels.normalize(demo_batch['image'])
+  images = pixel_normalization.normalize(demo_batch['image'])
   share = float(masking.cluster_mask(jax.random.PRNGKey(0), images, (8, 8), 0.03,
                                      threshold).mean())
   assert abs(share - 0.5) < 0.1  # 8 images of 16 patches: a coarse target
@@ -155,4 +158,4 @@ def test_cluster_calibration_sets_the_threshold_for_training(demo_dir, demo_batc
 def test_simclr_needs_two_views(demo_dir):
   config = micro_config(demo_dir, **{'model.aclip.simclr_weight': 0.1})
   with pytest.raises(ValueError, match='num_views >= 2'):
-    config_checks.check(config)
+    checks.check(config)

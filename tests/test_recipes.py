@@ -4,9 +4,9 @@ import importlib
 
 import pytest
 
-import config_checks
 import masking
-import optimizer
+from trainer import checks
+from trainer import optimizer
 
 OPEN_CLIP_LOOP = {
     'opt.b1': 0.9, 'opt.b2': 0.98, 'opt.eps': 1e-6, 'opt.weight_decay': 0.2,
@@ -79,16 +79,17 @@ def test_recipe_holds_its_papers_values(name, variant):
   wrong = {k: (_get(config, k), v) for k, v in expected.items() if _get(config, k) != v}
   assert not wrong, wrong
   config.laion_path = 'unused'
-  config_checks.check(config)
+  checks.check(config)
   policy = masking.get_policy(config)
   assert (policy.name, policy.num_keep) == (policy_name, patches)
 
 
 def test_recipe_step_counts_are_the_papers():
-  assert optimizer.steps_of(load('glip_base16', None))['total'] == 30 * (10_968_539 // 1280)
-  assert optimizer.steps_of(load('cluster_base16', None))['total'] == 32 * (10_968_539 // 2048)
-  tuning = optimizer.steps_of(load('glip_base16', 'tune'))
-  assert tuning['total'] == 10_968_539 // 640 and tuning['warmup'] == 0
+  assert optimizer.total_steps(load('glip_base16', None)) == 30 * (10_968_539 // 1280)
+  assert optimizer.total_steps(load('cluster_base16', None)) == 32 * (10_968_539 // 2048)
+  tuning = load('glip_base16', 'tune')
+  assert optimizer.total_steps(tuning) == 10_968_539 // 640
+  assert optimizer.warmup_steps(tuning) == 0
 
 
 @pytest.mark.parametrize('name', ['glip_base16', 'glip_flip_base16', 'reclip_base16'])

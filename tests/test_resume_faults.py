@@ -11,13 +11,14 @@ import time
 
 import pytest
 
-import checkpoints
-import config_checks
-import metrics_writer
-import preemption
-import train
-from input_pipeline import laion
+from input_pipeline import training_pairs
 from tests.conftest import metrics_rows, micro_config
+import train
+from trainer import checkpoints
+from trainer import metric_writers
+from trainer import preemption
+from trainer import resume
+from trainer import saved_config
 
 
 def _config(demo_dir, steps, **overrides):
@@ -77,7 +78,7 @@ def test_every_change_of_the_data_stream_is_refused_even_without_config_json(
   run = tmp_path / 'run'
   train.train_and_evaluate(_config(demo_dir, 2), str(run))
   os.remove(run / 'config.json')  # the config travels with the checkpoint
-  with pytest.raises(config_checks.ConfigChanged, match=field):
+  with pytest.raises(resume.ConfigChanged, match=field):
     train.train_and_evaluate(_config(demo_dir, 3, **{field: value}), str(run))
 
 
@@ -86,7 +87,7 @@ def test_a_corrupt_config_json_is_named(tmp_path, demo_dir):
   train.train_and_evaluate(_config(demo_dir, 2), str(run))
   (run / 'config.json').write_text('')
   with pytest.raises(ValueError, match=r'config.json is not a readable config'):
-    config_checks.saved_config(str(run))
+    saved_config.of_run(str(run))
 
 
 def test_the_calibrated_threshold_survives_every_resume(tmp_path, demo_dir):
@@ -94,10 +95,10 @@ def test_the_calibrated_threshold_survives_every_resume(tmp_path, demo_dir):
   cluster = {'model.model_img.masking.policy': 'cluster',
              'model.model_img.masking.calibrate': True}
   train.train_and_evaluate(_config(demo_dir, 2, **cluster), str(run))
-  calibrated = config_checks.saved_config(str(run)).model.model_img.masking.threshold
+  calibrated = saved_config.of_run(str(run)).model.model_img.masking.threshold
   assert calibrated != 0.5
   train.train_and_evaluate(_config(demo_dir, 3, **cluster), str(run))
-  assert config_checks.saved_config(str(run)).model.model_img.masking.threshold == calibrated
+  assert saved_config.of_run(str(run)).model.model_img.masking.threshold == calibrated
 
 
 def _loss_rows(workdir):
@@ -127,7 +128,7 @@ def test_after_a_preemption_or_a_kill_the_rows_are_the_uninterrupted_runs(
   shutil.rmtree(killed / 'checkpoints' / '6')
   with open(killed / 'metrics.jsonl', 'a') as f:
     f.write('{"step": 7, "inp')  # and cut short as it wrote a line
-  assert [r['step'] for r in metrics_writer.read_rows(str(killed / 'metrics.jsonl'))][-1] == 6
+  assert [r['step'] for r in metric_writers.read_rows(str(killed / 'metrics.jsonl'))][-1] == 6
   train.train_and_evaluate(_config(demo_dir, 6, **every), str(killed))
   assert _loss_rows(killed) == before
   lines = (killed / 'metrics.jsonl').read_text().splitlines()
@@ -135,7 +136,7 @@ def test_after_a_preemption_or_a_kill_the_rows_are_the_uninterrupted_runs(
 
 
 def test_a_notice_is_answered_while_the_input_is_stalled(tmp_path, demo_dir, monkeypatch):
-  real = laion.train_dataset
+  real = training_pairs.train_dataset
 
   class Stalling:
     """The real stream, whose fifth batch takes a minute to come; a SIGTERM is sent as the
@@ -151,7 +152,7 @@ def test_a_notice_is_answered_while_the_input_is_stalled(tmp_path, demo_dir, mon
           time.sleep(60)
         yield batch
 
-  monkeypatch.setattr(laion, 'train_dataset', Stalling)
+  monkeypatch.setattr(training_pairs, 'train_dataset', Stalling)
   workdir = tmp_path / 'stalled'
   started = time.time()
   with pytest.raises(preemption.Preempted) as stopped:

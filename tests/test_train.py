@@ -12,14 +12,17 @@ import orbax.checkpoint as ocp
 import numpy as np
 import pytest
 
-import checkpoints
-import config_checks
-import optimizer
-import partitioning
-import train
-import train_step
 from models import clip
 from tests.conftest import ROOT, main_command, metrics_rows, micro_config
+import train
+from trainer import checkpoints
+from trainer import checks
+from trainer import optimizer
+from trainer import partitioning
+from trainer import pretrained
+from trainer import resume
+from trainer import saved_config
+from trainer import state as state_lib
 
 def _main(workdir, demo_dir, *overrides):
   return subprocess.run(main_command(workdir, demo_dir, *overrides), cwd=ROOT,
@@ -107,12 +110,12 @@ def test_checkpoint_round_trip_restores_params_optimizer_and_step(tmp_path, demo
   config = micro_config(demo_dir)
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  state = train_step.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(0), mesh)
   state = state.apply_gradients(grads=jax.tree.map(np.ones_like, state.params))
   manager = checkpoints.checkpoint_manager(str(tmp_path / 'ckpt'), config)
   checkpoints.save_checkpoint(manager, state)
   manager.wait_until_finished()
-  fresh = train_step.create_train_state(config, model, jax.random.PRNGKey(1), mesh)
+  fresh = state_lib.create_train_state(config, model, jax.random.PRNGKey(1), mesh)
   restored = checkpoints.restore_checkpoint(manager, fresh, manager.latest_step())
   assert int(restored.step) == 1
   for a, b in zip(jax.tree.leaves((state.params, state.opt_state)),
@@ -163,14 +166,14 @@ def test_a_state_spoilt_after_its_loss_was_computed_is_never_saved(tmp_path, dem
 def test_learning_rates_warmups_and_batches_that_cannot_train_are_refused(demo_dir, field,
                                                                           value):
   with pytest.raises(ValueError, match=f'config.{field}='):
-    config_checks.check(micro_config(demo_dir, **{field: value}))
+    checks.check(micro_config(demo_dir, **{field: value}))
 
 
 def test_a_negative_checkpoint_count_is_refused_and_0_keeps_every_one(demo_dir):
   with pytest.raises(ValueError, match=r'config.keep_checkpoints=-1: must be >= 0 \(0 keeps '
                                        'every checkpoint\)'):
-    config_checks.check(micro_config(demo_dir, keep_checkpoints=-1))
-  config_checks.check(micro_config(demo_dir, keep_checkpoints=0))
+    checks.check(micro_config(demo_dir, keep_checkpoints=-1))
+  checks.check(micro_config(demo_dir, keep_checkpoints=0))
 
 
 def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_path, demo_dir):
@@ -182,8 +185,8 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
                         **{'model.model_img.sincos': False})
   mesh = partitioning.make_mesh(config)
   model = clip.from_config(config)
-  state = train_step.create_train_state(config, model, jax.random.PRNGKey(5), mesh)
-  loaded = checkpoints.load_pretrained_params(source, state.params)
+  state = state_lib.create_train_state(config, model, jax.random.PRNGKey(5), mesh)
+  loaded = pretrained.load_pretrained_params(source, state.params)
   saved = ocp.StandardCheckpointer().restore(os.path.join(source, 'checkpoints', '1',
                                                                 'params'))
   assert loaded['image']['pos_embedding'].shape == (1, 36, 32)
@@ -193,21 +196,21 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
   train.train_and_evaluate(config, str(tmp_path / 'tuned'))
   wider = micro_config(demo_dir, **{'model.clr.proj_dim_out': 24,
                                     'model.model_img.sincos': False})
-  state = train_step.create_train_state(wider, clip.from_config(wider), jax.random.PRNGKey(0),
+  state = state_lib.create_train_state(wider, clip.from_config(wider), jax.random.PRNGKey(0),
                                    partitioning.make_mesh(wider))
   with pytest.raises(ValueError, match=r'pretrain_dir.*image/projection/kernel has shape'):
-    checkpoints.load_pretrained_params(source, state.params)
+    pretrained.load_pretrained_params(source, state.params)
   sincos = micro_config(demo_dir)
-  state = train_step.create_train_state(sincos, clip.from_config(sincos),
+  state = state_lib.create_train_state(sincos, clip.from_config(sincos),
                                    jax.random.PRNGKey(0), partitioning.make_mesh(sincos))
   with pytest.raises(ValueError, match=r"unexpected \['image/pos_embedding'\]"):
-    checkpoints.load_pretrained_params(source, state.params)
+    pretrained.load_pretrained_params(source, state.params)
   scanned = micro_config(demo_dir, **{'model.model_img.sincos': False,
                                       'model.scan_layers': True})
-  state = train_step.create_train_state(scanned, clip.from_config(scanned),
+  state = state_lib.create_train_state(scanned, clip.from_config(scanned),
                                         jax.random.PRNGKey(0), partitioning.make_mesh(scanned))
   with pytest.raises(ValueError, match=r'model.scan_layers.*missing .*image/encoder/blocks/'):
-    checkpoints.load_pretrained_params(source, state.params)
+    pretrained.load_pretrained_params(source, state.params)
 
 
 def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
@@ -239,16 +242,16 @@ def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
 ])
 def test_config_checks_name_the_field(demo_dir, field, value, message):
   with pytest.raises(ValueError, match=message):
-    config_checks.check(micro_config(demo_dir, **{field: value}))
+    train.check_config(micro_config(demo_dir, **{field: value}))
 
 
 def test_fields_added_since_a_run_was_saved_are_no_change_at_their_defaults(demo_dir):
   config = micro_config(demo_dir)
-  saved = config_checks.as_json(config)
+  saved = saved_config.as_json(config)
   del saved['model']['activation'], saved['aug']['pixel_mean']  # a config saved before them
-  assert config_checks.changes_since(saved, config) == {}
+  assert resume.changes_since(saved, config) == {}
   config.model.activation = 'gelu'
-  assert config_checks.changes_since(saved, config) == {
+  assert resume.changes_since(saved, config) == {
       'model.activation': [None, 'gelu']}
 
 
@@ -281,7 +284,7 @@ def test_each_decay_set_decays_what_its_trainer_decays(demo_dir, decay_set, deca
   config = micro_config(demo_dir, **{'model.model_img.sincos': False,
                                      'model.scan_layers': True, 'decay_set': decay_set})
   model = clip.from_config(config)
-  params = nn.unbox(model.init(jax.random.PRNGKey(0), *train_step.dummy_inputs(config)))
+  params = nn.unbox(model.init(jax.random.PRNGKey(0), *state_lib.dummy_inputs(config)))
   mask = optimizer.weight_decay_mask(params['params'], decay_set)
   blocks = mask['image']['encoder']['blocks']  # stacked: biases and scales are [layers, D]
   assert blocks['mlp']['Dense_0']['kernel'] and blocks['attention']['query']['kernel']
@@ -297,7 +300,7 @@ def test_each_decay_set_decays_what_its_trainer_decays(demo_dir, decay_set, deca
   text = optimizer.describe_decay(config, params['params'])
   assert f"on the '{decay_set}' set" in text and 'logit_scale x1 (1)' in text
   with pytest.raises(ValueError, match="decay_set='some'"):
-    config_checks.check(micro_config(demo_dir, decay_set='some'))
+    checks.check(micro_config(demo_dir, decay_set='some'))
 
 
 def test_several_hosts_are_detected_from_the_environment():
@@ -327,9 +330,9 @@ def test_mesh_larger_than_the_devices_and_unknown_strategy_are_refused(demo_dir)
     partitioning.make_mesh(micro_config(demo_dir, **{'partitioning.num_partitions': 8}),
                            devices=jax.devices() * 4)
   with pytest.raises(ValueError, match="strategy='zero2'"):
-    config_checks.check(micro_config(demo_dir, **{'partitioning.strategy': 'zero2'}))
+    checks.check(micro_config(demo_dir, **{'partitioning.strategy': 'zero2'}))
   with pytest.raises(ValueError, match='grad_accum_steps=3'):
-    config_checks.check(micro_config(demo_dir, grad_accum_steps=3))
+    checks.check(micro_config(demo_dir, grad_accum_steps=3))
 
 
 def test_first_moment_dtype_as_flip_behaves_or_bfloat16_for_good(demo_dir):
@@ -349,9 +352,9 @@ def test_first_moment_dtype_as_flip_behaves_or_bfloat16_for_good(demo_dir):
   # opt.mu_dtype keeps it in bfloat16 (half the memory); the second moment stays float32.
   assert moment_dtypes(**{'opt.mu_dtype': 'bfloat16'}) == (jnp.bfloat16, jnp.float32)
   with pytest.raises(ValueError, match='opt_mu_dtype'):
-    config_checks.check(micro_config(demo_dir, opt_mu_dtype='float8'))
+    checks.check(micro_config(demo_dir, opt_mu_dtype='float8'))
   with pytest.raises(ValueError, match='opt.mu_dtype'):
-    config_checks.check(micro_config(demo_dir, **{'opt.mu_dtype': 'float8'}))
+    checks.check(micro_config(demo_dir, **{'opt.mu_dtype': 'float8'}))
 
 
 @pytest.mark.parametrize('field,value,message', [
@@ -363,7 +366,7 @@ def test_first_moment_dtype_as_flip_behaves_or_bfloat16_for_good(demo_dir):
 ])
 def test_flip_fields_refuse_values_they_cannot_mean(demo_dir, field, value, message):
   with pytest.raises(ValueError, match=message):
-    config_checks.check(micro_config(demo_dir, **{field: value}))
+    checks.check(micro_config(demo_dir, **{field: value}))
 
 
 def test_flip_recipes_evaluate_after_the_first_epoch_and_every_vis_epochs(

@@ -10,10 +10,12 @@ import time
 
 import pytest
 
-import checkpoints
-import config_checks
-import train
 from tests.conftest import ROOT, main_command, metrics_rows, micro_config
+import train
+from trainer import checkpoints
+from trainer import checks
+from trainer import metric_writers
+from trainer import resume
 
 
 def _last_line(completed):
@@ -112,7 +114,7 @@ def test_resume_refuses_a_config_that_trains_something_else_and_records_other_ch
                                              **kw)
   train.train_and_evaluate(config(1), workdir)
   wider = config(2, **{'model.model_img.hidden_size': 48, 'batch_size': 16})
-  with pytest.raises(config_checks.ConfigChanged,
+  with pytest.raises(resume.ConfigChanged,
                      match=r'batch_size: 8 -> 16; model.model_img.hidden_size: 32 -> 48.*'
                      '--config.accept_config_changes=True'):
     train.train_and_evaluate(wider, workdir)
@@ -152,15 +154,14 @@ def test_a_failed_save_stops_the_run_and_keeps_the_previous_checkpoint(tmp_path,
 
 def test_a_metrics_file_that_cannot_be_written_is_named_and_no_partial_save_is_left(
     tmp_path, demo_dir, monkeypatch):
-  import metrics_writer  # pylint: disable=g-import-not-at-top
-  real = metrics_writer.JsonlWriter.write_scalars
+  real = metric_writers.JsonlWriter.write_scalars
 
   def full_disk(self, step, scalars):
     if step >= 3:
       raise OSError(28, 'No space left on device')
     return real(self, step, scalars)
 
-  monkeypatch.setattr(metrics_writer.JsonlWriter, 'write_scalars', full_disk)
+  monkeypatch.setattr(metric_writers.JsonlWriter, 'write_scalars', full_disk)
   workdir = tmp_path / 'run'
   with pytest.raises(OSError, match=r'cannot write the metrics in .*run \(metrics.jsonl, '
                                     r'TensorBoard events\): .*No space left on device; free'):
@@ -180,7 +181,7 @@ def test_a_workdir_that_is_a_file_or_cannot_be_made_is_named(tmp_path, demo_dir)
 
 def test_an_impossible_mask_ratio_names_the_whole_field(demo_dir):
   with pytest.raises(ValueError, match=r'^config.model.model_img.mask_ratio=1.0: expected'):
-    config_checks.check(micro_config(demo_dir, **{'model.model_img.mask_ratio': 1.0}))
+    checks.check(micro_config(demo_dir, **{'model.model_img.mask_ratio': 1.0}))
 
 
 def test_ctrl_c_twice_during_training_says_what_was_saved(tmp_path, demo_dir):

@@ -3,9 +3,9 @@
 import numpy as np
 from PIL import Image
 
-import pictures
-from tools import visualize
 from tests.conftest import micro_config
+from tools import visualize
+from trainer import mask_pictures
 
 
 def test_writes_a_heat_map_and_example_grid_per_policy(tmp_path, demo_dir):
@@ -24,14 +24,14 @@ def test_masked_grid_greys_exactly_the_dropped_patches():
   colour = np.array([200, 40, 90], np.uint8)
   images = np.broadcast_to(colour, (1, 16, 16, 3))
   kept = np.array([[True, False, False, True]])
-  grid = pictures.masked_grid(images, kept, (2, 2), columns=1)
+  grid = mask_pictures.masked_grid(images, kept, (2, 2), columns=1)
   np.testing.assert_array_equal(grid[0, 0], colour)
   np.testing.assert_allclose(grid[0, 8], 0.3 * colour + 0.7 * 128, atol=1)
   np.testing.assert_array_equal(grid[8, 8], colour)
 
 
 def test_keep_mask_counts_only_valid_tokens():
-  kept = pictures.keep_mask(np.array([[3, 1, 0]]), np.array([[True, True, False]]), 4)
+  kept = mask_pictures.keep_mask(np.array([[3, 1, 0]]), np.array([[True, True, False]]), 4)
   assert kept.tolist() == [[False, True, False, True]]
 
 

@@ -23,9 +23,10 @@ from absl import logging
 import ml_collections
 import orbax.checkpoint as ocp
 
-import checkpoints
-import config_checks
 from foreign_weights import open_clip_state
+from trainer import checkpoints
+from trainer import saved_config
+from trainer import workdir as workdir_lib
 
 CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'a run\'s workdir, its checkpoints/ folder or one step\'s folder',
@@ -36,7 +37,7 @@ OUT = flags.DEFINE_string('out', None, 'the folder to write the open_clip model 
 
 def run_config_of(step_dir: str) -> ml_collections.ConfigDict:
   """The config a checkpoint was trained with: WORKDIR/config.json for WORKDIR/checkpoints/N."""
-  return config_checks.saved_config(os.path.dirname(os.path.dirname(os.path.abspath(step_dir))))
+  return saved_config.of_run(workdir_lib.run_of(os.path.dirname(step_dir)).root)
 
 
 def export(checkpoint: str, out_dir: str):

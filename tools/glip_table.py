@@ -30,24 +30,25 @@ from absl import logging
 import jax
 import numpy as np
 
-import config_checks
-import console
-import masking
-import metrics_writer
-import partitioning
-import train
-import train_step
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import interleaved_seconds, spread, stepping
+import masking
+import train
+from trainer import console
+from trainer import metric_writers
+from trainer import partitioning
+from trainer import saved_config
+from trainer import step as step_lib
+from trainer import workdir as workdir_lib
 
 COLUMNS = ('masked', 'unmasked', 'tuned')
 
 
 def patches_encoded(workdir: str):
   """(mean patches the run encoded per image over its logged windows, patches per image)."""
-  config = config_checks.saved_config(workdir)
+  config = saved_config.of_run(workdir)
   total = masking.get_policy(config, train=True).num_patches
-  rows = metrics_writer.read_rows(os.path.join(workdir, 'metrics.jsonl'))
+  rows = metric_writers.read_rows(workdir_lib.Workdir(workdir).metrics_jsonl)
   fractions = [r['kept_fraction_mean'] for r in rows if 'kept_fraction_mean' in r]
   return (float(np.mean(fractions)) * total if fractions else float('nan')), total
 
@@ -57,10 +58,10 @@ def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):
   in this process (random images; the weights do not change the cost)."""
   calls, batches = {}, {}
   for workdir in workdirs:
-    config = config_checks.saved_config(workdir)
+    config = saved_config.of_run(workdir)
     config.batch_size = batch_size or config.batch_size
     mesh = partitioning.make_mesh(config)
-    training = train_step.new_training(config, mesh, jax.random.PRNGKey(0))
+    training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
     calls[workdir] = stepping(training.step, training.state, synthetic_batch(config, mesh),
                               jax.random.PRNGKey(1))
     batches[workdir] = config.batch_size
@@ -71,7 +72,7 @@ def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):
 def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: float,
                  tune_image_size: int = 0):
   """(policy, mask ratio, image size, {column: {metric: value}}) of one run."""
-  base = config_checks.saved_config(workdir)
+  base = saved_config.of_run(workdir)
   base.eval_only, base.pretrain_dir = False, ''
   results = {}
   for column, at_eval in (('masked', True), ('unmasked', False)):

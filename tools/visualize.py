@@ -25,11 +25,11 @@ from flax import linen as nn
 import orbax.checkpoint as ocp
 from PIL import Image
 
-import checkpoints
 import masking
-from pictures import heat_map, keep_mask, masked_grid, views_grid
 from models import clip
-from models import pixels
+from models import pixel_normalization
+from trainer import checkpoints
+from trainer.mask_pictures import heat_map, keep_mask, masked_grid, views_grid
 
 POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
 def policy_config(config, name):
@@ -60,11 +60,11 @@ def teacher_scores(config, images, checkpoint):
 
 
 def demo_batch(config, count):
-  from input_pipeline import laion, tokenizer  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tokenizer, training_pairs  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   config.batch_size = count
-  shards = laion.list_shards(config.laion_path)
-  dataset = laion.train_dataset(config, tokenizer.from_config(config), shards,
+  shards = training_pairs.list_shards(config.laion_path)
+  dataset = training_pairs.train_dataset(config, tokenizer.from_config(config), shards,
                                 seed=config.seed_tf)
   return next(dataset.as_numpy_iterator())
 
@@ -74,8 +74,9 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
   grid_hw = masking.grid_of(config)
   batch = demo_batch(config, examples)
   images = jnp.asarray(batch['image'])
-  pool = pixels.normalize(jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws],
-                          *pixels.of_config(config))
+  pool = pixel_normalization.normalize(
+      jnp.tile(images, (-(-draws // examples), 1, 1, 1))[:draws],
+      *pixel_normalization.of_config(config))
   scores = teacher_scores(config, pool, checkpoint)
   cluster = config.model.model_img.masking
   if cluster.calibrate:
@@ -94,7 +95,8 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
     written += [path, path_examples]
   if 'views' in batch:
     attentive = masking.get_policy(policy_config(config, 'attentive'))
-    normalize = lambda x: pixels.normalize(x, *pixels.of_config(config))
+    normalize = lambda x: pixel_normalization.normalize(
+        x, *pixel_normalization.of_config(config))
     teacher = teacher_scores(config, normalize(images), checkpoint)
     path = os.path.join(out_dir, 'views_attentive.png')
     Image.fromarray(views_grid(attentive, jax.random.PRNGKey(5), batch, teacher,

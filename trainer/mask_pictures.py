@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageDraw
 
-import partitioning
 from models import clip
-from train_step import TrainState, separate_view_inputs, teacher_forward
+from trainer import partitioning
+from trainer.state import TrainState
+from trainer.step import separate_view_inputs, teacher_forward
 
 # Low -> high: dark blue, teal, yellow (a perceptually ordered ramp).
 RAMP = np.array([[20, 30, 90], [30, 140, 140], [250, 230, 60]], np.float32)

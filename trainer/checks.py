@@ -1,21 +1,17 @@
-"""Start-up checks of a run config: each failure names the field and what was expected."""
+"""Start-up checks of a run config: each failure names the field and what was expected.
 
-import json
+The evaluations' own fields are checked by evaluators.check.
+"""
+
 import math
-import os
 
-import ml_collections
-
-import evaluators
-import masking
-import optimizer
-import partitioning
-from configs import default
 from input_pipeline import augment
-from input_pipeline import eval_data
 from input_pipeline import tokenizer
+import masking
 from models import text
 from models import transformer
+from trainer import optimizer
+from trainer import partitioning
 
 
 def _require(ok: bool, message: str):
@@ -143,98 +139,3 @@ def check(config):
     _require(cfg.remat_policy in transformer.REMAT_POLICIES,
              f'config.model.{tower}.transformer.remat_policy={cfg.remat_policy!r}: expected '
              f'one of {sorted(transformer.REMAT_POLICIES)}')
-  for name, ecfg in evaluators.eval_configs(config).items():
-    if ecfg.templates:
-      eval_data.templates(ecfg.templates, f'config.evals.{name}.templates'
-                          if name in config.evals else 'config.eval_templates')
-
-
-# Fields that define what a run trains: a resume may change them only when the user says so.
-TRAINED = ('model.', 'aug.', 'batch_size', 'image_size', 'laion_path', 'samples_per_epoch',
-           'seed_jax', 'seed_tf', 'shuffle_buffer', 'num_parallel_reads')
-# Set by the run itself (the calibrated cluster threshold), or how to resume, not a choice.
-NOT_COMPARED = ('model.model_img.masking.threshold', 'resume_step', 'resume_dir',
-                'pretrain_dir', 'accept_config_changes')
-
-
-class ConfigChanged(ValueError):
-  """A resume would change what the run trains; the message lists the changes."""
-
-
-def flat(tree, prefix=''):
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      out.update(flat(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-def as_json(config) -> dict:
-  return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def changes_since(previous: dict, config) -> dict:
-  """{field: [value then, value now]} for the fields that differ. A field added to the
-  project after the saved config was written is no change while it keeps its default, which
-  is what the run trained with."""
-  before, now = flat(previous), flat(as_json(config))
-  defaults = flat(as_json(default.get_config()))
-  return {k: [before.get(k), now.get(k)] for k in sorted(before.keys() | now.keys())
-          if before.get(k) != now.get(k) and not k.startswith(NOT_COMPARED) and
-          not (k not in before and k in defaults and now.get(k) == defaults[k])}
-
-
-def _fill_defaults(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict):
-  for key, value in defaults.items():
-    if key not in config:
-      config[key] = value
-    elif isinstance(value, ml_collections.ConfigDict) and isinstance(
-        config[key], ml_collections.ConfigDict):
-      _fill_defaults(config[key], value)
-
-
-def saved_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run saved in WORKDIR/config.json. Fields added to the project after it was
-  saved get their defaults, which are what that run trained with."""
-  path = os.path.join(workdir, 'config.json')
-  saved = read_saved(path)
-  if saved is None:
-    raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
-  config = ml_collections.ConfigDict(saved)
-  _fill_defaults(config, default.get_config())
-  return config
-
-
-def read_saved(path: str):
-  """The config saved at `path` (a dict), None when there is none; a file that is not a
-  config is an error naming it."""
-  if not os.path.isfile(path):
-    return None
-  try:
-    with open(path) as f:
-      saved = json.load(f)
-  except (OSError, ValueError) as e:
-    raise ValueError(f'{path} is not a readable config ({type(e).__name__}: {e}); restore it '
-                     'from a copy, or run the training command again, which rewrites it') from e
-  if not isinstance(saved, dict):
-    raise ValueError(f'{path} is not a config (a JSON object was expected)')
-  return saved
-
-
-def check_resume(config, saved) -> dict:
-  """The changes since `saved` (the config the resumed checkpoint was trained with, a dict;
-  None: unknown); ConfigChanged when some change what is trained and
-  config.accept_config_changes is off."""
-  if saved is None:
-    return {}
-  changes = changes_since(saved, config)
-  trained = {k: v for k, v in changes.items() if k.startswith(TRAINED)}
-  if trained and not config.accept_config_changes:
-    listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in trained.items())
-    raise ConfigChanged(
-        f'the checkpoints in this workdir were trained with another config ({listed}); '
-        'start a new run in another --workdir, or resume with these changes by adding '
-        '--config.accept_config_changes=True')
-  return changes

@@ -19,8 +19,10 @@ from logging import handlers as log_handlers
 
 from absl import logging
 
-_ROOT = os.path.dirname(os.path.abspath(__file__)) + os.sep
-LOG_FILE = 'train.log'
+from trainer import workdir as workdir_lib
+
+# The project's own modules: their INFO records are the console's.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 # Native lines printed while TensorFlow loads or probes for devices it is not given.
 _NATIVE_NOISE = re.compile('|'.join((
@@ -70,7 +72,8 @@ class _ConsoleFormatter(std_logging.Formatter):
   def format(self, record):
     level = '' if record.levelno < std_logging.WARNING else f'{record.levelname}: '
     text = f'{self.formatTime(record, "%H:%M:%S")} {level}{record.getMessage()}'
-    # A failed save's traceback stays in the log file: train.py says what happened.
+    # A failed save's traceback stays in the log file: the run's own error says what
+    # happened.
     if record.exc_info and '/orbax/' not in record.pathname:
       text += '\n' + self.formatException(record.exc_info)
     return text
@@ -92,17 +95,16 @@ def setup():
     std_logging.getLogger().addHandler(_buffer)
 
 
-def log_to(workdir: str, process_index: int = 0):
+def log_to(workdir: workdir_lib.Workdir, process_index: int = 0):
   """Sends the log, from its first line, to WORKDIR/train.log (train.<host>.log on other
   hosts; the temporary directory for a bucket workdir). Returns its path, or None when
   `setup` was not called (the tests, a library user)."""
   if _buffer is None:
     return None
-  name = LOG_FILE if process_index == 0 else f'train.{process_index}.log'
-  folder = workdir if '://' not in workdir else tempfile.gettempdir()
+  folder = tempfile.gettempdir() if workdir_lib.is_bucket(workdir.root) else workdir.root
   # Process 0 creates the workdir; another host may get here first.
   os.makedirs(folder, exist_ok=True)
-  path = os.path.join(folder, name)
+  path = os.path.join(folder, workdir.log_file_name(process_index))
   handler = std_logging.FileHandler(path, encoding='utf-8')
   handler.setFormatter(logging.PythonFormatter())
   if _buffer.target is not None:  # a tool running several runs: one log each
@@ -111,6 +113,13 @@ def log_to(workdir: str, process_index: int = 0):
   _buffer.flush()
   _buffer.capacity = 1  # from here on each record is written as it comes
   return path
+
+
+def duration(seconds: float) -> str:
+  """`1h02m` or `3m07s`."""
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds // 60 % 60:02d}m' if seconds >= 3600 else \
+      f'{seconds // 60}m{seconds % 60:02d}s'
 
 
 @contextlib.contextmanager

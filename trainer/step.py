@@ -1,124 +1,25 @@
-"""The train state and one jitted train step: masks, towers, losses, EMA teacher."""
+"""One jitted train step: masks, towers, losses, the EMA teacher's update."""
 
-import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
-import flax.linen as nn
-from flax.training import train_state
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 import masking
 from masking import view_geometry
-import optimizer
-import partitioning
 from models import clip
-
-
-class TrainState(train_state.TrainState):
-  # EMA copy of the image tower (and A-CLIP's projector): the attentive policy's teacher.
-  ema_params: Any = None
-
-
-@dataclasses.dataclass(frozen=True)
-class Objective:
-  """What a train step computes besides the contrastive loss; static under jit."""
-  num_views: int = 1
-  use_teacher: bool = False  # keep an EMA image tower (attentive scores, distillation)
-  ema_momentum: float = 0.996
-  total_steps: int = 1
-  distill_weight: float = 0.0
-  simclr_weight: float = 0.0
-  simclr_temperature: float = 0.1
-  accum_steps: int = 1  # micro-batches per step (exact contrastive loss, see train_step)
-  loss_chunk: int = 0  # rows of the logits matrix formed at a time (0: all)
-  # > 0: logit_scale is clamped to [0, this] after each update (open_clip's semantics).
-  clamp_logit_scale: float = 0.0
-
-  def momentum(self, step):
-    """Cosine schedule of the EMA momentum from ema_momentum at step 0 to 1 at the end."""
-    progress = jnp.minimum(step / self.total_steps, 1.0)
-    return 1 - (1 - self.ema_momentum) * (jnp.cos(jnp.pi * progress) + 1) / 2
-
-
-def objective_of(config, policy) -> Objective:
-  aclip = config.model.aclip
-  return Objective(
-      num_views=config.model.model_img.masking.num_views,
-      use_teacher=policy.needs_scores or aclip.distill_weight > 0,
-      ema_momentum=config.model.model_img.masking.ema_momentum,
-      total_steps=optimizer.steps_of(config)['total'], distill_weight=aclip.distill_weight,
-      simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature,
-      accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk,
-      clamp_logit_scale=(float(np.log(config.model.clr.max_logit_scale))
-                         if config.model.clr.logit_scale_clamp == 'after_update' and
-                         config.model.clr.tau_learnable else 0.0))
+from trainer.objective import Objective, objective_of
+from trainer import optimizer
+from trainer import partitioning
+from trainer.state import TrainState, create_train_state, shardings_of, teacher_part
 
 
 def clamp_logit_scale(params, bound: float):
   """open_clip's clamp of logit_scale to [0, bound] after each update."""
   return {**params, 'logit_scale': jnp.clip(params['logit_scale'], 0.0, bound)}
 
-
-def teacher_part(params):
-  """The parameters the EMA teacher tracks."""
-  return {k: v for k, v in params.items() if k in ('image', 'projector')}
-
-
-# --- State -------------------------------------------------------------------------------------
-
-def dummy_inputs(config):
-  size = config.image_size
-  return (jnp.zeros((1, size, size, 3), jnp.float32),
-          jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
-
-
-def state_shardings(config, model, mesh, objective: Objective, tx):
-  """NamedShardings of every TrainState leaf, from the parameters' logical axis names.
-
-  With partitioning.partition_states the optimiser state follows the FSDP rules (split
-  over `data`) whatever the weights do.
-  """
-  boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
-                         jax.random.PRNGKey(0))['params']
-  specs = nn.get_partition_spec(boxed)
-  params = partitioning.param_shardings(specs, mesh, partitioning.logical_rules(config))
-  moments = params
-  if config.partitioning.partition_states:
-    moments = partitioning.param_shardings(specs, mesh, partitioning.optimizer_rules(config))
-  repl = partitioning.replicated(mesh)
-  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
-                                    jax.eval_shape(tx.init, nn.unbox(boxed)), moments,
-                                    transform_non_params=lambda _: repl)
-  return TrainState(step=repl, apply_fn=model.apply, params=params, tx=tx,
-                    opt_state=opt_state,
-                    ema_params=teacher_part(params) if objective.use_teacher else None)
-
-
-def create_train_state(config, model, rng, mesh,
-                       objective: Objective = Objective()) -> TrainState:
-  """A new state, each array already placed on the mesh as the sharding rules say."""
-  tx = optimizer.make_optimizer(config)
-
-  def init(rng):
-    params = nn.unbox(model.init(rng, *dummy_inputs(config))['params'])
-    ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
-
-  shardings = state_shardings(config, model, mesh, objective, tx)
-  # Plain jit: out_shardings place the parameters, and init's dummy one-example forward
-  # pass has no activations worth placing (one example cannot be split over `data`).
-  return jax.jit(init, out_shardings=shardings)(rng)
-
-
-def shardings_of(state: TrainState) -> TrainState:
-  return jax.tree.map(lambda x: x.sharding, state)
-
-
-# --- Steps -------------------------------------------------------------------------------------
 
 def teacher_forward(model, ema_params, images):
   """EMA image tower on the unmasked images: (features [B, E], class-token attention [B, N])."""

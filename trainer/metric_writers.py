@@ -9,7 +9,7 @@ from clu.metric_writers import interface
 import jax
 import numpy as np
 
-import atomic_files
+from trainer import workdir as workdir_lib
 
 
 class JsonlWriter(interface.MetricWriter):
@@ -27,7 +27,7 @@ class JsonlWriter(interface.MetricWriter):
     rows = read_rows(path)
     kept = [row for row in rows if start_step is None or row['step'] <= start_step]
     if os.path.exists(path) and (len(kept) < len(rows) or not _ends_whole(path)):
-      atomic_files.write_text(path, ''.join(json.dumps(row) + '\n' for row in kept))
+      workdir_lib.write_text(path, ''.join(json.dumps(row) + '\n' for row in kept))
     self._file = open(path, 'a', encoding='utf-8')
 
   def write_scalars(self, step, scalars):
@@ -49,7 +49,7 @@ class JsonlWriter(interface.MetricWriter):
         kept.append(row)
     if len(kept) != len(rows) or any(len(a) != len(b) for a, b in zip(kept, rows)):
       self._file.close()
-      atomic_files.write_text(self._path, ''.join(json.dumps(row) + '\n' for row in kept))
+      workdir_lib.write_text(self._path, ''.join(json.dumps(row) + '\n' for row in kept))
       self._file = open(self._path, 'a', encoding='utf-8')
 
   def write_summaries(self, step, values, metadata=None):
@@ -109,32 +109,28 @@ def read_rows(path: str):
   return rows
 
 
-# Where the TensorBoard events of a re-evaluation go: a run of their own beside the training
-# curves, which keep one point per step.
-REEVALUATED = 'reevaluated'
-
-
-def evaluated_at(workdir: str, step: int, names) -> bool:
+def evaluated_at(workdir: workdir_lib.Workdir, step: int, names) -> bool:
   """Whether WORKDIR/metrics.jsonl holds results of the evaluations `names` at `step`."""
   prefixes = tuple(f'{name}/' for name in names)
   return any(row['step'] == step and any(k.startswith(prefixes) for k in row)
-             for row in read_rows(os.path.join(workdir, 'metrics.jsonl')))
+             for row in read_rows(workdir.metrics_jsonl))
 
 
 class RunWriter(metric_writers.MultiWriter):
   """Log file, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config.
 
   A re-evaluation (`again`: results at that step were written before) replaces those values
-  in metrics.jsonl and writes its TensorBoard events under WORKDIR/reevaluated/.
+  in metrics.jsonl and writes its TensorBoard events under WORKDIR/reevaluated/, a run of
+  their own beside the training curves, which keep one point per step.
   """
 
-  def __init__(self, workdir: str, start_step: Optional[int] = None, again: bool = False):
-    self.workdir = workdir
+  def __init__(self, workdir: workdir_lib.Workdir, start_step: Optional[int] = None,
+               again: bool = False):
+    self.workdir = workdir.root
     self.tensorboard = metric_writers.SummaryWriter(
-        os.path.join(workdir, REEVALUATED) if again else workdir)
+        workdir.reevaluated if again else workdir.root)
     super().__init__([metric_writers.LoggingWriter(), self.tensorboard,
-                      JsonlWriter(os.path.join(workdir, 'metrics.jsonl'), start_step,
-                                  replace=again)])
+                      JsonlWriter(workdir.metrics_jsonl, start_step, replace=again)])
 
   def _guarded(self, call, *args, **kwargs):
     """`call`, with a failure to write (a full disk, no permission) said in one line that
@@ -168,12 +164,12 @@ class RunWriter(metric_writers.MultiWriter):
                    for k, v in flat.items()})
 
 
-def create_writer(workdir: str, start_step: Optional[int] = None,
+def create_writer(workdir: workdir_lib.Workdir, start_step: Optional[int] = None,
                   again: bool = False) -> interface.MetricWriter:
   """Process 0 writes TensorBoard events, logs and metrics.jsonl (a training run resumed at
   `start_step` goes on from that step's rows; `again`: see RunWriter); other hosts only
   log."""
   if jax.process_index() > 0:
     return metric_writers.create_default_writer(just_logging=True)
-  os.makedirs(workdir, exist_ok=True)
+  os.makedirs(workdir.root, exist_ok=True)
   return RunWriter(workdir, start_step, again)

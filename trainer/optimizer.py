@@ -22,21 +22,18 @@ def steps_per_epoch(config) -> int:
   return steps
 
 
-def steps_of(config) -> Dict[str, int]:
-  """Step counts of the schedule and of the periodic actions given in virtual epochs."""
-  per_epoch = steps_per_epoch(config)
+def total_steps(config) -> int:
+  """Steps of the whole run: total_steps when set, else int(num_epochs) virtual epochs."""
   total = (config.total_steps if config.total_steps > 0
-           else int(config.num_epochs) * per_epoch)
+           else int(config.num_epochs) * steps_per_epoch(config))
+  return max(total, 1)
 
-  def period(epochs):
-    return max(1, round(epochs * per_epoch)) if epochs > 0 else 0
 
-  warmup = (config.warmup_steps if config.warmup_steps > 0
-            else int(config.warmup_epochs * per_epoch))
-  return {'total': max(total, 1), 'warmup': warmup,
-          'checkpoint': (config.checkpoint_every_steps if config.checkpoint_every_steps > 0
-                         else period(config.save_every_epochs)),
-          'pictures': period(config.vis_every_epochs)}
+def warmup_steps(config) -> int:
+  """Steps of the linear warmup: warmup_steps when set, else warmup_epochs' worth."""
+  if config.warmup_steps > 0:
+    return config.warmup_steps
+  return int(config.warmup_epochs * steps_per_epoch(config))
 
 
 def peak_learning_rate(config) -> float:
@@ -57,7 +54,7 @@ def learning_rate_schedule(config) -> optax.Schedule:
   """
   peak = peak_learning_rate(config)
   per_epoch = steps_per_epoch(config)
-  total = steps_of(config)['total']
+  total = total_steps(config)
   if config.warmup_steps > 0:
     warmup = min(config.warmup_steps, total)
     rise = optax.linear_schedule(peak / config.warmup_steps, peak,
@@ -207,15 +204,14 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 def log_decay_groups(config, params):
   """The start-up account of the optimiser: schedule in steps, then the decay groups."""
-  steps = steps_of(config)
+  total, warmup = total_steps(config), warmup_steps(config)
   logging.info('AdamW: %d steps (%d per virtual epoch), warmup %d, peak learning rate %.3g, '
-               'betas (%g, %g), eps %g', steps['total'], steps_per_epoch(config),
-               steps['warmup'], peak_learning_rate(config), config.opt.b1, config.opt.b2,
-               config.opt.eps)
+               'betas (%g, %g), eps %g', total, steps_per_epoch(config), warmup,
+               peak_learning_rate(config), config.opt.b1, config.opt.b2, config.opt.eps)
   for line in describe_decay(config, params).splitlines():
     logging.info('%s', line)
-  if steps['warmup'] > steps['total']:
+  if warmup > total:
     logging.warning('The warmup (%d steps) is longer than the run (%d steps): the learning '
-                    'rate ends at %.3g, never reaching its peak %.3g', steps['warmup'],
-                    steps['total'], float(learning_rate_schedule(config)(steps['total'] - 1)),
+                    'rate ends at %.3g, never reaching its peak %.3g', warmup, total,
+                    float(learning_rate_schedule(config)(total - 1)),
                     peak_learning_rate(config))

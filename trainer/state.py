@@ -1,0 +1,90 @@
+"""The train state (with the EMA teacher) and its construction, placed on the mesh."""
+
+from typing import Any
+
+import flax.linen as nn
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import optax
+
+from trainer.objective import Objective
+from trainer import optimizer
+from trainer import partitioning
+
+
+class TrainState(train_state.TrainState):
+  # EMA copy of the image tower (and A-CLIP's projector): the attentive policy's teacher.
+  ema_params: Any = None
+
+
+def teacher_part(params):
+  """The parameters the EMA teacher tracks."""
+  return {k: v for k, v in params.items() if k in ('image', 'projector')}
+
+
+def dummy_inputs(config):
+  size = config.image_size
+  return (jnp.zeros((1, size, size, 3), jnp.float32),
+          jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
+
+
+def state_shardings(config, model, mesh, objective: Objective, tx):
+  """NamedShardings of every TrainState leaf, from the parameters' logical axis names.
+
+  With partitioning.partition_states the optimiser state follows the FSDP rules (split
+  over `data`) whatever the weights do.
+  """
+  boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
+                         jax.random.PRNGKey(0))['params']
+  specs = nn.get_partition_spec(boxed)
+  params = partitioning.param_shardings(specs, mesh, partitioning.logical_rules(config))
+  moments = params
+  if config.partitioning.partition_states:
+    moments = partitioning.param_shardings(specs, mesh, partitioning.optimizer_rules(config))
+  repl = partitioning.replicated(mesh)
+  opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
+                                    jax.eval_shape(tx.init, nn.unbox(boxed)), moments,
+                                    transform_non_params=lambda _: repl)
+  return TrainState(step=repl, apply_fn=model.apply, params=params, tx=tx,
+                    opt_state=opt_state,
+                    ema_params=teacher_part(params) if objective.use_teacher else None)
+
+
+def create_train_state(config, model, rng, mesh,
+                       objective: Objective = Objective()) -> TrainState:
+  """A new state, each array already placed on the mesh as the sharding rules say."""
+  tx = optimizer.make_optimizer(config)
+
+  def init(rng):
+    params = nn.unbox(model.init(rng, *dummy_inputs(config))['params'])
+    ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
+
+  shardings = state_shardings(config, model, mesh, objective, tx)
+  # Plain jit: out_shardings place the parameters, and init's dummy one-example forward
+  # pass has no activations worth placing (one example cannot be split over `data`).
+  return jax.jit(init, out_shardings=shardings)(rng)
+
+
+def with_params(state: TrainState, params, objective: Objective) -> TrainState:
+  """`state` with new weights (pretrained ones), the EMA teacher starting from them."""
+  return state.replace(params=params, ema_params=(
+      jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None))
+
+
+def shardings_of(state: TrainState) -> TrainState:
+  return jax.tree.map(lambda x: x.sharding, state)
+
+
+@jax.jit
+def _all_finite(params, opt_state):
+  leaves = [x for x in jax.tree.leaves((params, opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def is_finite(state: TrainState) -> bool:
+  """Whether every float in the parameters and the optimiser state is finite: a checkpoint
+  is never written from a state that a non-finite learning rate or update has spoilt."""
+  return bool(_all_finite(state.params, state.opt_state))
