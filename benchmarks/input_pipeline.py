@@ -99,8 +99,8 @@ def measure(config):
   pipelines = {
       'bare': lambda: bare_loop(shards.files, shards.format, config.image_size, batch),
       'full': lambda: training_pairs.train_dataset(config, tokenizer, shards, seed=0),
-      'full_nondeterministic': lambda: training_pairs.train_dataset(config, tokenizer, shards, seed=0,
-                                                           deterministic=False),
+      'full_nondeterministic': lambda: training_pairs.train_dataset(
+          config, tokenizer, shards, seed=0, deterministic=False),
       f'full_{other.aug.txt.tokenizer}': lambda: training_pairs.train_dataset(
           other, other_tokenizer, shards, seed=0)}
   rounds = {name: [] for name in pipelines}

@@ -57,8 +57,8 @@ def calls_of(config, policy_name, mask_ratio, batch):
   mesh = partitioning.make_mesh(config)
   # Not donated: the teacher's call reads the first state's weights after steps have run.
   model, policy, _, state, step_fn = step_lib.new_training(config, mesh,
-                                                             jax.random.PRNGKey(0),
-                                                             donate=False)
+                                                           jax.random.PRNGKey(0),
+                                                           donate=False)
   key = jax.random.PRNGKey(1)
   calls = {'step': stepping(step_fn, state, batch, key)}
   images = jax.jit(pixel_normalization.normalize)(batch['image'])

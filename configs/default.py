@@ -249,6 +249,13 @@ def get_config():
   # one block, and remat saves exactly what its policy says. False unrolls the blocks
   # (block_00, ...), which XLA fuses better in small models; checkpoints differ in layout.
   config.model.scan_layers = True
+  # Without remat, the scan's loop unrolled: the layers scheduled and fused as one program
+  # (parameters stay stacked). remat keeps the loop, which keeps its saving.
+  config.model.scan_unroll = True
+  # How attention is computed: `auto` (cuDNN's fused attention on a GPU in bfloat16, XLA's
+  # jax.nn.dot_product_attention elsewhere), `cudnn`, `xla`, or `einsum` (the logits and
+  # softmax written out: the reference; dropout on attention weights always uses it).
+  config.model.attention = 'auto'
   _accepted_from_flip(config)
   return config
 

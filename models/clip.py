@@ -141,11 +141,12 @@ def from_config(config) -> CLIP:
   aclip = config.model.aclip
   head_dim = aclip.head_dim if aclip.distill_weight > 0 or aclip.simclr_weight > 0 else 0
 
-  def regularisation(tower):
+  def encoder_fields(tower):
     return dict(dropout_rate=tower.transformer.dropout_rate,
                 attention_dropout_rate=tower.transformer.attention_dropout_rate,
                 droppath_rate=tower.transformer.droppath_rate,
-                activation=config.model.activation, norm_eps=config.model.norm_eps)
+                activation=config.model.activation, norm_eps=config.model.norm_eps,
+                attention=config.model.attention, scan_unroll=config.model.scan_unroll)
 
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
@@ -157,7 +158,7 @@ def from_config(config) -> CLIP:
             'mean' if clr.img_avg_with_cls else 'mean_patches'),
       patch_bias=img.patch_bias, cls_position=img.cls_position, pre_norm=img.pre_norm,
       freeze_patch_embedding=img.freeze_patch_embedding,
-      **regularisation(img))
+      **encoder_fields(img))
   text = TextTower(
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
       num_layers=txt.transformer.num_layers, num_heads=txt.transformer.num_heads,
@@ -165,7 +166,7 @@ def from_config(config) -> CLIP:
       remat_policy=txt.transformer.remat_policy, scan_layers=config.model.scan_layers,
       dtype=dtype, mask_padding=txt.mask_padding, projection_bias=clr.proj_out_bias,
       pool=txt.pool or ('mean' if clr.txt_avg_token else 'first'), causal=txt.causal,
-      **regularisation(txt))
+      **encoder_fields(txt))
   tau = clr.tau_init if clr.tau_learnable else clr.tau
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / tau)),
               max_logit_scale=float(np.log(clr.max_logit_scale)),

@@ -42,6 +42,8 @@ class TextTower(nn.Module):
   causal: bool = False
   activation: str = 'gelu_tanh'
   norm_eps: float = 1e-6
+  attention: str = 'auto'  # models/transformer.py: ATTENTION
+  scan_unroll: bool = True
 
   @nn.compact
   def __call__(self, tokens, train=False):
@@ -60,7 +62,8 @@ class TextTower(nn.Module):
                 scan_layers=self.scan_layers, dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 droppath_rate=self.droppath_rate, deterministic=not train,
-                activation=self.activation, norm_eps=self.norm_eps, causal=self.causal,
+                activation=self.activation, norm_eps=self.norm_eps, attention=self.attention,
+                scan_unroll=self.scan_unroll, causal=self.causal,
                 name='encoder')(x, key_mask=key_mask)
     if self.pool == 'first':
       pooled = x[:, 0]

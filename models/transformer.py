@@ -5,6 +5,7 @@ Kernels carry logical axis names (`embed`, `mlp`, `heads`, `kv`) and so do the a
 touching the model (trainer/partitioning.py).
 """
 
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -76,21 +77,85 @@ class HeadsDense(nn.Module):
     return jnp.tensordot(x, kernel, axes=n_in) + bias
 
 
+# How attention is computed: `xla` and `cudnn` through jax.nn.dot_product_attention (cuDNN's
+# fused flash attention on Ampere and Hopper GPUs, in bfloat16 or float16), `einsum` the
+# logits and softmax written out (the reference the others are tested against, and what
+# dropout on the attention weights needs). `auto` picks cudnn where it runs, else xla.
+ATTENTION = ('auto', 'xla', 'cudnn', 'einsum')
+
+
+def fused_attention(query, key, value, key_mask, causal: bool, implementation: str,
+                    pad_to: int = 1):
+  """jax.nn.dot_product_attention of [B, T, heads, head_dim] inputs. Key padding (`key_mask`,
+  True first) and the causal mask go to the kernel as lengths and a flag, which cuDNN's
+  flash attention reads without a mask array; the sequence is padded to a multiple of
+  `pad_to` (cuDNN trains only even lengths) and the padding cut off again."""
+  batch, length = query.shape[:2]
+  padding = -length % pad_to
+  if padding:
+    query, key, value = (jnp.pad(x, ((0, 0), (0, padding), (0, 0), (0, 0)))
+                         for x in (query, key, value))
+  lengths = jnp.full((batch,), length, jnp.int32)
+  key_lengths = lengths if key_mask is None else key_mask.sum(axis=1, dtype=jnp.int32)
+  out = jax.nn.dot_product_attention(query, key, value, is_causal=causal,
+                                     query_seq_lengths=lengths,
+                                     key_value_seq_lengths=key_lengths,
+                                     implementation=implementation)
+  return out[:, :length]
+
+
+# cuDNN's flash attention, in training, takes even sequence lengths only.
+CUDNN_PAD_TO = 8
+
+
+@functools.lru_cache(maxsize=None)
+def cudnn_attention_runs(dtype_name: str, head_dim: int) -> bool:
+  """Whether cuDNN's fused attention compiles here for this dtype and head width (with and
+  without the causal mask, an odd length and key padding, gradients included)."""
+  if jax.default_backend() != 'gpu' or dtype_name not in ('bfloat16', 'float16'):
+    return False
+  if head_dim % 8 or head_dim > 128:
+    return False
+  x = jax.ShapeDtypeStruct((2, 197, 2, head_dim), jnp.dtype(dtype_name))
+  key_mask = jax.ShapeDtypeStruct((2, 197), jnp.bool_)
+  try:
+    for causal in (False, True):
+      loss = lambda q, k, v, m, causal=causal: fused_attention(
+          q, k, v, m, causal, 'cudnn', CUDNN_PAD_TO).astype(jnp.float32).sum()
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(x, x, x, key_mask).compile()
+  except Exception:  # pylint: disable=broad-except  (no cuDNN, an older GPU, a shape)
+    return False
+  return True
+
+
+def attention_implementation(name: str, dtype, head_dim: int) -> str:
+  """The implementation `name` (one of ATTENTION) stands for here."""
+  if name not in ATTENTION:
+    raise ValueError(f'attention={name!r}: expected one of {ATTENTION}')
+  if name != 'auto':
+    return name
+  return 'cudnn' if cudnn_attention_runs(jnp.dtype(dtype).name, head_dim) else 'xla'
+
+
 class Attention(nn.Module):
-  """Multi-head self-attention; `mask` (broadcast to [B, heads, queries, keys]) is True where
-  a query may attend to a key.
+  """Multi-head self-attention. `key_mask` [B, S] is True for the tokens that may be attended
+  to, which come first (padding last); `causal` lets each token attend only to itself and
+  the tokens before it.
 
   With `cls_attention`, also returns the attention of token 0 (the class token) to every
-  other token, averaged over heads: [B, L - 1].
+  other token, averaged over heads: [B, L - 1]. It is computed apart from the fused kernel,
+  from the class token's query alone, so that the kernel keeps its speed.
   """
   num_heads: int
   dtype: Dtype = jnp.float32
   cls_attention: bool = False
   dropout_rate: float = 0.0  # on the attention weights, in training
   deterministic: bool = True
+  implementation: str = 'xla'  # xla, cudnn or einsum (attention_implementation's)
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, x, mask: Optional[jax.Array] = None):
+  def __call__(self, x, key_mask: Optional[jax.Array] = None):
     width = x.shape[-1]
     if width % self.num_heads:
       raise ValueError(f'hidden size {width} does not divide into {self.num_heads} heads')
@@ -102,18 +167,51 @@ class Attention(nn.Module):
 
     query, key, value = (place(project(name), ('batch', 'length', 'heads', 'kv'))
                          for name in ('query', 'key', 'value'))
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(head_dim).astype(self.dtype)
-    logits = logits.astype(jnp.float32)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    attended = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
-    out = jnp.einsum('bhqk,bkhd->bqhd', attended, value)
+    dropout = self.dropout_rate > 0 and not self.deterministic
+    if self.implementation == 'einsum' or dropout:
+      weights = self._weights(query, key, key_mask, head_dim)
+      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+    elif self.implementation == 'cudnn':
+      out = fused_attention(query, key, value, key_mask, self.causal, 'cudnn', CUDNN_PAD_TO)
+    else:
+      mask = None if key_mask is None else key_mask[:, None, None, :]
+      out = jax.nn.dot_product_attention(query, key, value, mask=mask, is_causal=self.causal,
+                                         implementation=self.implementation)
     out = place(HeadsDense((width,), 2, ('heads', 'kv', 'embed'), ('embed',), self.dtype,
                            name='out')(out), TOKENS)
     if self.cls_attention:
-      return out, weights[:, :, 0, 1:].astype(jnp.float32).mean(axis=1)
+      return out, self._class_token_attention(query, key, key_mask, head_dim)
     return out
+
+  def _mask(self, key_mask, queries, keys):
+    """[B or 1, 1, queries, keys] bool: where a query may attend to a key (None: all)."""
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    if self.causal:
+      causal = jnp.tril(jnp.ones((queries, keys), bool))[None, None]
+      mask = causal if mask is None else mask & causal
+    return mask
+
+  def _weights(self, query, key, key_mask, head_dim):
+    """The attention weights [B, heads, queries, keys], the logits written out."""
+    logits = jnp.einsum('bqhd,bkhd->bhqk', query, key) / jnp.sqrt(head_dim).astype(self.dtype)
+    logits = logits.astype(jnp.float32)
+    mask = self._mask(key_mask, query.shape[1], key.shape[1])
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    return jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+
+  def _class_token_attention(self, query, key, key_mask, head_dim):
+    """The class token's attention weights to the other tokens, averaged over heads."""
+    logits = jnp.einsum('bhd,bkhd->bhk', query[:, 0], key) / jnp.sqrt(head_dim).astype(
+        self.dtype)
+    logits = logits.astype(jnp.float32)
+    if key_mask is not None:
+      logits = jnp.where(key_mask[:, None, :], logits, jnp.finfo(jnp.float32).min)
+    if self.causal:  # the class token sees only itself
+      logits = jnp.where(jnp.arange(key.shape[1]) == 0, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
+    return weights[:, :, 1:].astype(jnp.float32).mean(axis=1)
 
 
 class MlpBlock(nn.Module):
@@ -152,8 +250,8 @@ def layer_norm(dtype, name=None, epsilon=1e-6):
 
 
 class EncoderBlock(nn.Module):
-  """One pre-LN block in nn.scan's form: (tokens, attention sum), attention mask, droppath
-  rate -> (same, None).
+  """One pre-LN block in nn.scan's form: (tokens, attention sum), key mask, droppath rate ->
+  (same, None).
 
   With `cls_attention` the class token's attention to the other tokens, averaged over
   heads, is added to the running sum. Dropout follows FLIP: on the attention weights, after
@@ -169,13 +267,17 @@ class EncoderBlock(nn.Module):
   droppath: bool = False  # whether droppath_rate may be non-zero (static)
   activation: str = 'gelu_tanh'
   norm_eps: float = 1e-6
+  attention: str = 'xla'
+  causal: bool = False
 
   @nn.compact
-  def __call__(self, carry, mask=None, droppath_rate=0.0):
+  def __call__(self, carry, key_mask=None, droppath_rate=0.0):
     x, attention_sum = carry
     attended = Attention(self.num_heads, self.dtype, self.cls_attention,
-                         self.attention_dropout_rate, self.deterministic, name='attention')(
-                             layer_norm(self.dtype, 'norm_attention', self.norm_eps)(x), mask)
+                         self.attention_dropout_rate, self.deterministic, self.attention,
+                         self.causal, name='attention')(
+                             layer_norm(self.dtype, 'norm_attention', self.norm_eps)(x),
+                             key_mask)
     if self.cls_attention:
       attended, cls_weights = attended
       attention_sum = attention_sum + cls_weights
@@ -192,10 +294,12 @@ class Encoder(nn.Module):
   """A stack of pre-LN blocks followed by a final LayerNorm.
 
   With `scan_layers` the blocks are one nn.scan over parameters stacked along a leading
-  `layers` axis (`blocks`): one block is compiled, not num_layers, and under remat each layer
-  keeps exactly what its policy saves. Unrolled (`block_00`, `block_01`, ...), XLA may fuse
-  across layers, which is faster for small models, but it also places the recomputation
-  itself and can undo remat's saving (it does on CPU).
+  `layers` axis (`blocks`), and under remat each layer keeps exactly what its policy saves.
+  Without remat the scan's loop is unrolled (`scan_unroll`): the layers are scheduled and
+  fused as one program, as unrolled blocks are, which a loop prevents (on a GPU the loop
+  cost 39% of the step); with remat the loop stays, since unrolled, XLA places the
+  recomputation itself and can undo the saving (it does on CPU). Unrolled blocks
+  (`block_00`, `block_01`, ...) hold their parameters apart; checkpoints differ in layout.
 
   With `cls_attention`, also returns the class token's attention to the other tokens,
   averaged over heads and layers; a running sum, so no layer's map is kept. `causal` lets
@@ -216,6 +320,8 @@ class Encoder(nn.Module):
   activation: str = 'gelu_tanh'  # a key of ACTIVATIONS
   norm_eps: float = 1e-6  # LayerNorm epsilon (FLIP's 1e-6, open_clip's 1e-5)
   causal: bool = False
+  attention: str = 'auto'  # one of ATTENTION
+  scan_unroll: bool = True  # without remat, the scan's loop unrolled
 
   def droppath_rates(self):
     if self.num_layers == 1 or self.droppath_rate == 0:
@@ -234,27 +340,26 @@ class Encoder(nn.Module):
       # Within a scan the layers cannot be merged anyway, so CSE may stay on.
       block = nn.remat(EncoderBlock, policy=REMAT_POLICIES[self.remat_policy],
                        prevent_cse=not self.scan_layers)
+    implementation = attention_implementation(self.attention, self.dtype,
+                                              x.shape[-1] // self.num_heads)
     args = (self.num_heads, self.mlp_dim, self.dtype, self.cls_attention, self.dropout_rate,
             self.attention_dropout_rate, self.deterministic, self.droppath_rate > 0,
-            self.activation, self.norm_eps)
-    mask = None if key_mask is None else key_mask[:, None, None, :]
-    if self.causal:
-      length = x.shape[1]
-      causal = jnp.tril(jnp.ones((length, length), bool))[None, None]
-      mask = causal if mask is None else mask & causal
+            self.activation, self.norm_eps, implementation, self.causal)
     x = place(x, TOKENS)
     carry = (x, jnp.zeros(x.shape[:1] + (x.shape[1] - 1,) if self.cls_attention else (),
                           jnp.float32))
     rates = self.droppath_rates()
     if self.scan_layers:
+      unrolled = self.scan_unroll and self.remat_policy == 'none'
       blocks = nn.scan(block, variable_axes={'params': 0},
                        split_rngs={'params': True, 'dropout': True},
                        in_axes=(nn.broadcast, 0), length=self.num_layers,
+                       unroll=self.num_layers if unrolled else 1,
                        metadata_params={nn.PARTITION_NAME: 'layers'})
-      carry, _ = blocks(*args, name='blocks')(carry, mask, rates)
+      carry, _ = blocks(*args, name='blocks')(carry, key_mask, rates)
     else:
       for i in range(self.num_layers):
-        carry, _ = block(*args, name=f'block_{i:02d}')(carry, mask, rates[i])
+        carry, _ = block(*args, name=f'block_{i:02d}')(carry, key_mask, rates[i])
     x, total = carry
     x = layer_norm(self.dtype, 'norm_out', self.norm_eps)(x)
     return (x, total / self.num_layers) if self.cls_attention else x

@@ -35,7 +35,8 @@ def sincos_2d(grid_hw: Sequence[int], width: int) -> np.ndarray:
 
 def gather_tokens(x: jax.Array, keep_idx: jax.Array) -> jax.Array:
   """Selects `keep_idx` [B, K] rows of `x` [B, N, D] per example."""
-  return jnp.take_along_axis(x, keep_idx[..., None], axis=1)
+  with jax.named_scope('masking_gather'):  # a profile's name for it
+    return jnp.take_along_axis(x, keep_idx[..., None], axis=1)
 
 
 def masked_mean(x: jax.Array, valid: Optional[jax.Array]) -> jax.Array:
@@ -84,6 +85,8 @@ class VisionTower(nn.Module):
   pre_norm: bool = False
   activation: str = 'gelu_tanh'
   norm_eps: float = 1e-6
+  attention: str = 'auto'  # models/transformer.py: ATTENTION
+  scan_unroll: bool = True
   freeze_patch_embedding: bool = False  # A-CLIP's: the optimiser leaves it alone too
 
   @nn.compact
@@ -125,7 +128,8 @@ class VisionTower(nn.Module):
     x = Encoder(self.num_layers, self.num_heads, self.mlp_dim, self.remat_policy, self.dtype,
                 cls_attention, self.scan_layers, self.dropout_rate,
                 self.attention_dropout_rate, self.droppath_rate, deterministic=not train,
-                activation=self.activation, norm_eps=self.norm_eps, name='encoder')(x, key_mask)
+                activation=self.activation, norm_eps=self.norm_eps, attention=self.attention,
+                scan_unroll=self.scan_unroll, name='encoder')(x, key_mask)
     if cls_attention:
       x, attention = x
     if self.pool == 'mean':

@@ -126,8 +126,8 @@ def test_separate_views_train_through_the_pipeline_and_are_pictured(demo_dir):
       'model.model_img.masking.view_crops': 'separate', 'aug.crop_ver': 'rrc',
       'model.aclip.distill_weight': 2.0, 'model.aclip.simclr_weight': 1.0,
       'model.aclip.head_dim': 16})
-  dataset = training_pairs.train_dataset(config, BertTokenizer(16), training_pairs.list_shards(config.laion_path),
-                                seed=0)
+  dataset = training_pairs.train_dataset(
+      config, BertTokenizer(16), training_pairs.list_shards(config.laion_path), seed=0)
   batch = next(dataset.as_numpy_iterator())
   assert batch['views'].shape == (8, 2, 32, 32, 3) and batch['crop_boxes'].shape == (8, 3, 4)
   batch.pop('position')
@@ -139,7 +139,7 @@ def test_separate_views_train_through_the_pipeline_and_are_pictured(demo_dir):
                                    jax.random.PRNGKey(1))
     losses.append(float(metrics['train_loss']))
   assert np.all(np.isfinite(losses)) and losses[-1] < losses[0], losses
-  picture = mask_pictures.example_grid(training.model, training.policy, state,
-                                  {k: batch[k][:2] for k in ('image', 'views', 'crop_boxes')},
-                                  jax.random.PRNGKey(2), mesh)
+  examples = {k: batch[k][:2] for k in ('image', 'views', 'crop_boxes')}
+  picture = mask_pictures.example_grid(training.model, training.policy, state, examples,
+                                       jax.random.PRNGKey(2), mesh)
   assert picture.shape == (2 * 34, 3 * 34, 3)  # a row per example: teacher, view 1, view 2

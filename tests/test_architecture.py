@@ -18,7 +18,8 @@ MAY_IMPORT = {
     'evaluators': {'masking', 'models', 'input_pipeline', 'trainer'},
     'train': {'masking', 'models', 'input_pipeline', 'trainer', 'evaluators'},
     'main': {'trainer', 'train'},
-    'benchmarks': {'masking', 'models', 'input_pipeline', 'trainer', 'configs'},
+    'benchmarks': {'masking', 'models', 'input_pipeline', 'foreign_weights', 'trainer',
+                   'configs'},
     'tools': {'masking', 'models', 'input_pipeline', 'foreign_weights', 'trainer',
               'evaluators', 'train', 'configs', 'benchmarks'},
 }

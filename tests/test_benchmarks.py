@@ -37,3 +37,23 @@ def test_masking_benchmark_prints_each_policys_spread_against_unmasked_steps():
       spread = result[policy][figure]
       assert 0 < spread['min'] <= spread['median'] <= spread['max'], (policy, figure)
   assert 0 < result['attentive']['teacher_share']['median'] < 1
+
+
+def test_versus_open_clip_times_both_steps_and_says_where_ours_spends_its_time():
+  """On the CPU, with the demo's open_clip towers: the benchmark's own figures, not speed."""
+  done = subprocess.run(
+      [sys.executable, '-m', 'benchmarks.versus_open_clip', '--config=configs/tiny_openclip.py',
+       '--batch_size=4', '--ratios=0.5', '--open_clip=eager', '--open_clip_device=cpu',
+       '--rounds=2', '--steps=1', '--profile', '--peak_tflops=1'],
+      cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(done.stdout.strip().splitlines()[-1])
+  ours, theirs = result['results']['ours@0.5'], result['results']['open_clip_eager@0.5']
+  for row in (ours, theirs):
+    assert 0 < row['images_per_sec']['min'] <= row['images_per_sec']['max']
+    assert row['train_gflop_per_example'] == ours['train_gflop_per_example'] > 0
+    assert row['mfu']['median'] > 0
+  assert ours['peak_memory_gib'] > 0 and ours['speed_vs_open_clip_eager']['median'] > 0
+  shares = result['profile']['ours@0.5']
+  assert {'MLPs', 'attention', 'optimizer update', 'masking gather'} <= set(shares)
+  assert abs(sum(s['share'] for s in shares.values()) - 1) < 0.01

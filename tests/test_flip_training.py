@@ -75,7 +75,7 @@ def train_beside_flip(workdir, demo_dir, mask_ratio, steps=3, **overrides):
   state = state_lib.create_train_state(config, model, jax.random.PRNGKey(3), mesh, objective)
   state = state.replace(params=params)
   step = step_lib.jit_train_step(config, model, policy, objective, state, mesh,
-                                   donate=False)
+                                 donate=False)
   rng = jax.random.PRNGKey(7)
 
   flip = jax.tree.map(np.asarray, weights)

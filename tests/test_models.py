@@ -205,7 +205,8 @@ def test_sincos_puts_the_column_code_first_as_flip():
 
 def test_pixels_are_normalised_with_imagenet_statistics_and_only_once():
   grey = np.full((1, 2, 2, 3), 128, np.uint8)
-  want = (128 / 255 - np.array(pixel_normalization.MEAN_RGB)) / np.array(pixel_normalization.STDDEV_RGB)
+  want = ((128 / 255 - np.array(pixel_normalization.MEAN_RGB))
+          / np.array(pixel_normalization.STDDEV_RGB))
   np.testing.assert_allclose(pixel_normalization.normalize(grey)[0, 0, 0], want, rtol=1e-5)
   with pytest.raises(TypeError, match='expected uint8 pixels'):
     pixel_normalization.normalize(pixel_normalization.normalize(grey))

@@ -235,6 +235,7 @@ def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
     ('model.model_txt.transformer.num_heads', 3, 'model_txt.hidden_size=32 does not divide'),
     ('eval_templates', 'openai81', 'eval_templates'),
     ('model.activation', 'relu', "activation='relu'"),
+    ('model.attention', 'flash', "attention='flash'"),
     ('model.model_img.cls_position', True, 'cls_position=True needs a learned position'),
     ('model.model_txt.pool', 'last', "model_txt.pool='last'"),
     ('aug.pixel_std', (0.2, 0.0, 0.2), r'pixel_std=\(0.2, 0.0, 0.2\)'),

@@ -65,7 +65,7 @@ def demo_batch(config, count):
   config.batch_size = count
   shards = training_pairs.list_shards(config.laion_path)
   dataset = training_pairs.train_dataset(config, tokenizer.from_config(config), shards,
-                                seed=config.seed_tf)
+                                         seed=config.seed_tf)
   return next(dataset.as_numpy_iterator())
 
 

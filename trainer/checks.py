@@ -50,6 +50,9 @@ def check(config):
   _require(config.model.activation in transformer.ACTIVATIONS,
            f'config.model.activation={config.model.activation!r}: expected one of '
            f'{sorted(transformer.ACTIVATIONS)}')
+  _require(config.model.attention in transformer.ATTENTION,
+           f'config.model.attention={config.model.attention!r}: expected one of '
+           f'{transformer.ATTENTION}')
   _require(config.model.norm_eps > 0,
            f'config.model.norm_eps={config.model.norm_eps}: must be positive')
   if config.aug.txt.tokenizer == 'clip_bpe':

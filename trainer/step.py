@@ -35,8 +35,9 @@ def sample_views(policy, rng, images, scores, num_views):
   lists of one per view.
   """
   per_view = lambda x, v: x[v] if isinstance(x, (list, tuple)) else x
-  keeps = [policy(key, per_view(images, v), per_view(scores, v))
-           for v, key in enumerate(jax.random.split(rng, num_views))]
+  with jax.named_scope('masking'):  # a profile's name for the policy's work
+    keeps = [policy(key, per_view(images, v), per_view(scores, v))
+             for v, key in enumerate(jax.random.split(rng, num_views))]
   if keeps[0] is None:
     return None, None
   keep_idx = jnp.concatenate([k[0] for k in keeps])
@@ -97,6 +98,7 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
                        method=clip.CLIP.encode_text)
     return features.reshape(views, rows, -1), ztxt
 
+  @jax.named_scope('loss')  # a profile's name for it
   def objective_loss(params, features, ztxt):
     """The loss given every embedding; reads only the heads and the logit scale."""
     def apply(*args, method):
@@ -133,14 +135,15 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
     loss, terms, logit_scale, grads = accumulated_gradients(
         towers, objective_loss, state.params, inputs, objective.accum_steps)
 
-  state = state.apply_gradients(grads=grads)
-  if objective.clamp_logit_scale > 0:
-    state = state.replace(params=clamp_logit_scale(state.params, objective.clamp_logit_scale))
-  if objective.use_teacher:
-    momentum = objective.momentum(state.step)
-    state = state.replace(ema_params=jax.tree.map(
-        lambda ema, online: momentum * ema + (1 - momentum) * online, state.ema_params,
-        teacher_part(state.params)))
+  with jax.named_scope('optimizer'):
+    state = state.apply_gradients(grads=grads)
+    if objective.clamp_logit_scale > 0:
+      state = state.replace(params=clamp_logit_scale(state.params, objective.clamp_logit_scale))
+    if objective.use_teacher:
+      momentum = objective.momentum(state.step)
+      state = state.replace(ema_params=jax.tree.map(
+          lambda ema, online: momentum * ema + (1 - momentum) * online, state.ema_params,
+          teacher_part(state.params)))
   fraction = kept_fraction(policy, keep_idx, valid, views * batch_size)
   metrics = {
       'train_loss': loss,

@@ -1,0 +1,248 @@
+"""This project's train step against open_clip's own, on one accelerator, side by side.
+
+  python -m benchmarks.versus_open_clip --config=configs/openclip_vit_b16.py \
+      --batch_size=256 [--ratios=0.0,0.5] [--open_clip=compile,eager] [--before] [--profile]
+
+Both train the config's architecture (open_clip's own model of that name for ViT-B-16 and
+the other sizes of its CLIP family, else the config's towers as open_clip builds them) on
+the same synthetic batch. Ours is the step main.py runs, in --dtype (bfloat16 by default),
+with random masking at each ratio. open_clip's is its training script's (open_clip_train): AdamW
+(0.9, 0.98, eps 1e-6, weight decay 0.2), ClipLoss, autocast to bfloat16, TF32 matmuls, the
+logit scale clamped after each step, its model wrapped in `torch.compile` (--torchcompile)
+or eager; masking at a ratio is its patch dropout. `--before` also times ours as it was
+before the fast path (attention written out, the scan's loop kept). The contenders take
+turns over --rounds rounds of --steps steps.
+
+The last line printed is one JSON object (printed once more with the profile): per
+contender the images/s as {min, median, max} over the rounds, the ratio to open_clip's at
+the same mask ratio (each mode), MFU (model FLOPs per second over the chip's bfloat16
+peak; the FLOPs are counted from the architecture, 3x the forward's matmuls and attention
+products, and stated per example) and the peak device memory. --profile adds where each of our steps' time goes
+(benchmarks/step_profile.py).
+"""
+
+import json
+import os
+import tempfile
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# open_clip's torch allocator and ours share the device.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
+import numpy as np
+from ml_collections import config_flags
+
+import masking
+from benchmarks import step_profile
+from benchmarks.synthetic import synthetic_batch
+from benchmarks.timing import interleaved_seconds, ratio_spread, spread, stepping
+from configs import presets
+from foreign_weights import open_clip_state
+from trainer import partitioning
+from trainer import step as step_lib
+
+config_flags.DEFINE_config_file('config', 'configs/openclip_vit_b16.py', 'Config file.')
+flags.DEFINE_integer('batch_size', 256, 'Global batch of every contender.')
+flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios (open_clip: patch dropout).')
+flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Our compute dtype.')
+flags.DEFINE_list('open_clip', ['compile', 'eager'], 'open_clip modes to time (empty: none).')
+flags.DEFINE_string('open_clip_device', 'cuda', 'Where open_clip runs (cpu for a try).')
+flags.DEFINE_bool('before', False, 'Also time our step as it was before the fast path.')
+flags.DEFINE_bool('profile', False, 'Also print where our steps\' time goes.')
+flags.DEFINE_integer('steps', 10, 'Timed steps per contender and round.')
+flags.DEFINE_integer('rounds', 3, 'Rounds in which the contenders take turns.')
+flags.DEFINE_float('peak_tflops', 0.0, 'The chip\'s dense bfloat16 peak (0: by its name).')
+FLAGS = flags.FLAGS
+
+# Dense bfloat16 TFLOP/s from the datasheets, by a part of jax's device_kind.
+PEAK_TFLOPS = {'H200': 989.0, 'H100': 989.0, 'A100': 312.0, 'L40S': 362.0, 'L4': 121.0,
+               'TPU v5p': 459.0, 'TPU v5 lite': 197.0, 'TPU v4': 275.0, 'TPU v3': 123.0}
+
+
+def tower_flops(width: int, layers: int, tokens: int) -> float:
+  """Forward FLOPs of a transformer tower's blocks for one example: q, k, v, out and the
+  MLP's two matmuls (24 width^2 per token) and the two attention products (4 tokens width)."""
+  return layers * tokens * (24.0 * width * width + 4.0 * tokens * width)
+
+
+def train_flops_per_example(config, image_tokens: int) -> float:
+  """3x the forward: the blocks of both towers, the patch embedding, the projections."""
+  img, txt = config.model.model_img, config.model.model_txt
+  patch = np.prod(img.patches.size)
+  embed = config.model.clr.proj_dim_out
+  forward = (tower_flops(img.hidden_size, img.transformer.num_layers, image_tokens)
+             + tower_flops(txt.hidden_size, txt.transformer.num_layers, config.aug.txt.max_len)
+             + 2.0 * (image_tokens - 1) * 3 * patch * img.hidden_size
+             + 2.0 * embed * (img.hidden_size + txt.hidden_size))
+  return 3 * forward
+
+
+def open_clip_name(config) -> str:
+  """open_clip's name of the config's architecture: one of its own CLIP models, or the
+  config's towers registered with open_clip under a name of their own."""
+  img, txt = config.model.model_img, config.model.model_txt
+  for name, size in presets.OPEN_CLIP_SIZES.items():
+    if (size['img'] == (img.hidden_size, img.transformer.num_layers, img.transformer.num_heads)
+        and size['txt'] == (txt.hidden_size, txt.transformer.num_layers,
+                            txt.transformer.num_heads)
+        and size['embed'] == config.model.clr.proj_dim_out
+        and tuple(img.patches.size) == (size['patch'],) * 2 and config.image_size == 224):
+      return name
+  import open_clip  # pylint: disable=g-import-not-at-top
+  folder = tempfile.mkdtemp(prefix='open-clip-config-')
+  path = os.path.join(folder, 'mlip-towers.json')
+  with open(path, 'w') as f:
+    json.dump(open_clip_state.model_config(config), f)
+  open_clip.add_model_config(path)
+  return 'mlip-towers'
+
+
+# On a GPU, XLA runs runs of ops as CUDA graphs (command buffers), which a trace shows as
+# one event: a profile is taken of a step compiled without them.
+PROFILE_OPTIONS = {'gpu': {'xla_gpu_enable_command_buffer': ''}}
+
+
+def ours(config, ratio: float, compiler_options=None):
+  """(a call of one train step, its compiled executable, the image tokens it encodes)."""
+  config = config.copy_and_resolve_references()
+  config.model.model_img.mask_ratio = ratio
+  config.model.model_img.masking.policy = 'random' if ratio > 0 else 'none'
+  mesh = partitioning.make_mesh(config)
+  training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
+  batch, key = synthetic_batch(config, mesh), jax.random.PRNGKey(1)
+  compiled = training.step.lower(training.state, batch, key).compile(compiler_options)
+  policy = masking.get_policy(config, train=True)
+  call = stepping(compiled, training.state, batch, key)
+  jax.block_until_ready(call())
+  return call, compiled, 1 + policy.num_keep
+
+
+def profile_of(config, ratio: float, timed):
+  """Where our step's time goes at `ratio` (`timed`: the call and executable timed)."""
+  options = PROFILE_OPTIONS.get(jax.default_backend())
+  call, compiled = timed
+  if options:
+    call, compiled, _ = ours(config, ratio, options)
+  return step_profile.profile(call, compiled.as_text())
+
+
+def peak_gib_of(compiled) -> float:
+  """The step's peak device memory as XLA planned it: arguments, outputs (less what the
+  donated state aliases) and temporaries."""
+  m = compiled.memory_analysis()
+  return (m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+          + m.temp_size_in_bytes) / 2**30
+
+
+def open_clip_step(config, name: str, ratio: float, compiled: bool, device: str):
+  """(a call of open_clip's training step as open_clip_train runs it, its peak GiB)."""
+  import math  # pylint: disable=g-import-not-at-top
+  import open_clip  # pylint: disable=g-import-not-at-top
+  from open_clip.loss import ClipLoss  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.backends.cuda.matmul.allow_tf32 = True
+  torch.backends.cudnn.allow_tf32 = True
+  torch.backends.cudnn.benchmark = True
+  cuda = device == 'cuda'
+  sync = torch.cuda.synchronize if cuda else (lambda: None)
+  if cuda:
+    torch.cuda.reset_peak_memory_stats()
+  model = open_clip.create_model(name, force_patch_dropout=ratio).to(device)
+  model.train()
+  optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, weight_decay=0.2,
+                                betas=(0.9, 0.98), eps=1e-6)
+  loss_fn = ClipLoss()
+  forward = torch.compile(model) if compiled else model
+  rng = np.random.RandomState(0)
+  size, batch = config.image_size, FLAGS.batch_size
+  images = torch.from_numpy(rng.normal(size=(batch, 3, size, size)).astype(np.float32))
+  images = images.to(device)
+  tokens = torch.from_numpy(rng.randint(1, config.model.model_txt.vocab_size - 1, size=(
+      batch, config.aug.txt.max_len))).to(device)
+
+  def step():
+    with torch.autocast(device, dtype=torch.bfloat16):
+      out = forward(images, tokens)
+      if isinstance(out, dict):
+        out = (out['image_features'], out['text_features'], out['logit_scale'])
+      loss = loss_fn(*out[:3])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+      model.logit_scale.clamp_(0, math.log(100))
+    sync()
+    return None
+
+  for _ in range(3):  # compiles (torch.compile) and settles the allocator
+    step()
+  peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+  return step, peak
+
+
+def main(argv):
+  del argv
+  config = FLAGS.config
+  config.batch_size = FLAGS.batch_size
+  config.model.dtype = FLAGS.dtype
+  name = open_clip_name(config)
+  device = jax.devices()[0].device_kind
+  peak_tflops = FLAGS.peak_tflops or next(
+      (v for k, v in PEAK_TFLOPS.items() if k.lower() in device.lower()), 0.0)
+  calls, memory, flops, compiled = {}, {}, {}, {}
+  variants = {'ours': config}
+  if FLAGS.before:
+    before = config.copy_and_resolve_references()
+    before.model.attention, before.model.scan_unroll = 'einsum', False
+    variants['ours_before'] = before
+  for ratio in FLAGS.ratios:
+    for variant, variant_config in variants.items():
+      key = f'{variant}@{ratio}'
+      calls[key], compiled[key], tokens = ours(variant_config, float(ratio))
+      memory[key], flops[key] = peak_gib_of(compiled[key]), train_flops_per_example(
+          config, tokens)
+      print(json.dumps({'built': key, 'peak_gib': round(memory[key], 2)}), flush=True)
+    for mode in FLAGS.open_clip:
+      key = f'open_clip_{mode}@{ratio}'
+      calls[key], memory[key] = open_clip_step(config, name, float(ratio), mode == 'compile',
+                                               FLAGS.open_clip_device)
+      flops[key] = flops[f'ours@{ratio}']
+      print(json.dumps({'built': key, 'peak_gib': memory[key]}), flush=True)
+  seconds = interleaved_seconds(calls, FLAGS.rounds, FLAGS.steps, warmup=1)
+  results = {}
+  for key, values in seconds.items():
+    per_second = [FLAGS.batch_size / s for s in values]
+    row = {'images_per_sec': spread(per_second, 1), 'step_seconds': spread(values),
+           'train_gflop_per_example': round(flops[key] / 1e9, 2),
+           'peak_memory_gib': None if memory[key] is None else round(memory[key], 2)}
+    if peak_tflops:
+      row['mfu'] = spread([flops[key] * p / (peak_tflops * 1e12) for p in per_second], 3)
+    ratio = key.split('@')[1]
+    for mode in FLAGS.open_clip:
+      other = f'open_clip_{mode}@{ratio}'
+      if not key.startswith('open_clip') and other in seconds:
+        row[f'speed_vs_open_clip_{mode}'] = ratio_spread(seconds[other], values)
+    results[key] = row
+  out = {'device': device, 'peak_tflops': peak_tflops or None, 'architecture': name,
+         'batch_size': FLAGS.batch_size, 'dtype': FLAGS.dtype,
+         'flops_counted': 'per example: 3 x forward (24 width^2 + 4 tokens width per token '
+                          'and layer, patch embedding, projections)',
+         'jax': jax.__version__, 'results': results}
+  print(json.dumps(out), flush=True)  # the timings stand, whatever the profile does
+  if FLAGS.profile:
+    out['profile'] = {}
+    for key in compiled:
+      variant, ratio = key.split('@')
+      try:
+        out['profile'][key] = profile_of(variants[variant], float(ratio),
+                                         (calls[key], compiled[key]))
+      except Exception as e:  # pylint: disable=broad-except  (a profiler the device lacks)
+        out['profile'][key] = f'no profile: {type(e).__name__}: {e}'
+    print(json.dumps(out))
+
+
+if __name__ == '__main__':
+  app.run(main)
