@@ -188,7 +188,7 @@ def main(argv):
   config = FLAGS.config
   config.batch_size = FLAGS.batch_size
   config.model.dtype = FLAGS.dtype
-  name = open_clip_name(config)
+  name = open_clip_name(config) if FLAGS.open_clip else None
   device = jax.devices()[0].device_kind
   peak_tflops = FLAGS.peak_tflops or next(
       (v for k, v in PEAK_TFLOPS.items() if k.lower() in device.lower()), 0.0)

@@ -252,9 +252,10 @@ def get_config():
   # Without remat, the scan's loop unrolled: the layers scheduled and fused as one program
   # (parameters stay stacked). remat keeps the loop, which keeps its saving.
   config.model.scan_unroll = True
-  # How attention is computed: `auto` (cuDNN's fused attention on a GPU in bfloat16, XLA's
-  # jax.nn.dot_product_attention elsewhere), `cudnn`, `xla`, or `einsum` (the logits and
-  # softmax written out: the reference; dropout on attention weights always uses it).
+  # How attention is computed: `auto` (cuDNN's fused attention on a GPU in bfloat16, the
+  # written-out one on a CPU, XLA's jax.nn.dot_product_attention elsewhere), `cudnn`, `xla`,
+  # or `einsum` (the logits and softmax written out: the reference, and what dropout on the
+  # attention weights always uses).
   config.model.attention = 'auto'
   _accepted_from_flip(config)
   return config
