@@ -6,6 +6,7 @@ documented in configs/default.py); FLIP's `eval_dataset` defines one more, named
 metrics, written as `<name>/<metric>`.
 """
 
+import math
 from typing import Dict
 
 import ml_collections
@@ -59,18 +60,40 @@ def eval_configs(config) -> Dict[str, ml_collections.ConfigDict]:
     if not ecfg.dataset:
       raise ValueError(f'{ecfg.field} is empty: name a TFDS dataset, folder:PATH or '
                        'wds:PATH')
-    if ecfg.every_steps < 0:
+    if ecfg.every_steps < -1:
+      raise ValueError(f'config.evals.{name}.every_steps={ecfg.every_steps}: expected a whole '
+                       'number >= -1 (-1: config.eval_every_steps)')
+    if ecfg.every_steps == -1:
       ecfg.every_steps = config.eval_every_steps
     resolved[name] = ecfg
   return resolved
 
 
+# The smallest valid value of each numeric field (every_steps -1: eval_every_steps).
+_LEAST = {'every_steps': -1, 'max_images': 0, 'train_max_images': 0, 'probe_steps': 1}
+_FLIP_FIELDS = {'templates': 'config.eval_templates', 'max_images': 'config.eval_max_images',
+                'every_steps': 'config.eval_every_steps'}
+
+
 def check(config):
   """Start-up checks of the evaluations' fields, each naming its field."""
   for name, ecfg in eval_configs(config).items():
+    def field(key, name=name):
+      return (f'config.evals.{name}.{key}' if name in config.evals
+              else _FLIP_FIELDS.get(key, f'config.{key}'))
+
+    for key, least in _LEAST.items():
+      value = ecfg[key]
+      if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ValueError(f'{field(key)}={value!r}: expected a whole number >= {least}')
+    for key, least, kind in (('recall_k', 1, int), ('weight_decays', 0, float)):
+      values = tuple(ecfg[key])
+      if not values or not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= least
+                               and (kind is float or float(v).is_integer()) for v in values):
+        raise ValueError(f'{field(key)}={values}: expected one or more '
+                         f'{"whole numbers" if kind is int else "finite values"} >= {least}')
     if ecfg.templates:
-      eval_data.templates(ecfg.templates, f'config.evals.{name}.templates'
-                          if name in config.evals else 'config.eval_templates')
+      eval_data.templates(ecfg.templates, field('templates'))
 
 
 def build(config, model, mesh, tokenizer):

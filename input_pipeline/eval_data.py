@@ -61,10 +61,28 @@ def templates(name: str, field: str = 'config.eval_templates') -> List[str]:
   if not os.path.isfile(name):
     raise ValueError(f'{field}={name!r}: expected one of {TEMPLATE_SETS} or a JSON file with '
                      'a list of templates')
-  found = json.loads(pathlib.Path(name).read_text())
-  if not found or not all(isinstance(t, str) and '{}' in t for t in found):
+  try:
+    found = json.loads(pathlib.Path(name).read_text(encoding='utf-8'))
+  except (ValueError, OSError) as e:
+    raise ValueError(f'{field}={name!r} is not a readable JSON file ({e})') from e
+  if not isinstance(found, list) or not found or not all(isinstance(t, str) for t in found):
     raise ValueError(f'{field}={name!r}: expected a non-empty JSON list of strings, each '
                      'with {} where the class name goes')
+  return checked_templates(found, f'{field}={name!r}')
+
+
+def checked_templates(found: List[str], where: str) -> List[str]:
+  """`found`, each template formatting a class name into the one place `{}` marks."""
+  for template in found:
+    try:
+      filled = template.format('\x00')
+    except (IndexError, KeyError, ValueError) as e:
+      raise ValueError(f'{where}: the template {template!r} cannot take a class name '
+                       f'({type(e).__name__}: {e}); expected one {{}} and no other braces '
+                       '(double them: {{ }})') from e
+    if filled.count('\x00') != 1:
+      raise ValueError(f'{where}: the template {template!r} has no {{}} where the class name '
+                       'goes')
   return found
 
 
@@ -129,18 +147,40 @@ def _wds_samples(root: str, split: str, field: str):
   samples = {}
   for shard in shards:
     path = os.path.join(folder, shard)
-    with tarfile.open(path) as tar:  # seeks over the images it does not read
-      for member in tar:
-        if not member.isfile():
-          continue
-        key, _, extension = member.name.partition('.')
-        extension = extension.lower()
-        fields = samples.setdefault((shard, key), {})
-        if extension in WDS_IMAGE_EXTENSIONS:
-          fields['image'] = _TarMember(path, member.name)
-        elif extension in ('cls', 'txt'):
-          fields[extension] = tar.extractfile(member).read().decode('utf-8')
+    try:
+      with tarfile.open(path) as tar:  # seeks over the images it does not read
+        for member in tar:
+          if not member.isfile():
+            continue
+          key, _, extension = member.name.partition('.')
+          extension = extension.lower()
+          fields = samples.setdefault((shard, key), {'where': f'{path}: {key}'})
+          if extension in WDS_IMAGE_EXTENSIONS:
+            fields['image'] = _TarMember(path, member.name)
+          elif extension in ('cls', 'txt'):
+            fields[extension] = _text(tar.extractfile(member).read(), f'{path}: {member.name}',
+                                      f'{field}=wds:{root}')
+    except (tarfile.TarError, EOFError) as e:
+      raise ValueError(f'{field}=wds:{root}: {path} is not a whole tar shard '
+                       f'({type(e).__name__}: {e}); copy it again') from e
   return [fields for fields in samples.values() if 'image' in fields]
+
+
+def _text(data: bytes, where: str, field: str) -> str:
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise ValueError(f'{field}: {where} is not UTF-8 text (byte {e.start}: '
+                     f'{data[e.start:e.start + 1]!r})') from e
+
+
+def _label(fields, field: str) -> int:
+  """The class number of a sample's .cls; a value that is not a number >= 0 is named."""
+  text = fields['cls'].strip()
+  if not text.isdigit():
+    raise ValueError(f'{field}: {fields["where"]}.cls holds {text[:40]!r}: expected a class '
+                     'number >= 0')
+  return int(text)
 
 
 def _read_images(sources) -> list:
@@ -231,7 +271,7 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
       examples = list(zip(files, labels))
     else:
       root = spec[len('wds:'):]
-      examples = [(f['image'], int(f['cls'].strip())) for f in
+      examples = [(f['image'], _label(f, f'{field}=wds:{root}')) for f in
                   _wds_samples(root, split, field) if 'cls' in f]
       if not examples:
         raise ValueError(f'{field}=wds:{root}: no <key>.cls labels in {split}/: not a '
@@ -245,7 +285,9 @@ def classification_images(ecfg, *, image_size: int, eval_pad: int, local_batch_s
                          f'{len(names)} class names but the labels of {split}/ go up to '
                          f'{num_labels - 1} ({num_labels} classes); give every label a name')
       found = _wds_lines(root, WDS_TEMPLATES)
-      set_templates = [t.replace('{c}', '{}') for t in found] if found else None
+      set_templates = checked_templates(
+          [t.replace('{c}', '{}') for t in found],
+          f'{field}=wds:{root}: {os.path.join(root, WDS_TEMPLATES)}') if found else None
     if limit and limit < len(examples):
       # A subset that represents every class: a fixed shuffle, not the first classes.
       order = np.random.RandomState(0).permutation(len(examples))[:limit]

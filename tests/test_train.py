@@ -170,8 +170,8 @@ def test_learning_rates_warmups_and_batches_that_cannot_train_are_refused(demo_d
 
 
 def test_a_negative_checkpoint_count_is_refused_and_0_keeps_every_one(demo_dir):
-  with pytest.raises(ValueError, match=r'config.keep_checkpoints=-1: must be >= 0 \(0 keeps '
-                                       'every checkpoint\)'):
+  with pytest.raises(ValueError, match=r'config.keep_checkpoints=-1: expected a finite value '
+                                       r'>= 0 \(0 keeps every checkpoint\)'):
     checks.check(micro_config(demo_dir, keep_checkpoints=-1))
   checks.check(micro_config(demo_dir, keep_checkpoints=0))
 
@@ -239,7 +239,8 @@ def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):
     ('model.model_img.cls_position', True, 'cls_position=True needs a learned position'),
     ('model.model_txt.pool', 'last', "model_txt.pool='last'"),
     ('aug.pixel_std', (0.2, 0.0, 0.2), r'pixel_std=\(0.2, 0.0, 0.2\)'),
-    ('aug.txt.tokenizer', 'clip_bpe', 'vocab_size=30523: CLIP BPE ids go up to 49407'),
+    ('aug.txt.tokenizer', 'clip_bpe',
+     'vocab_size=30523: the clip_bpe tokenizer gives ids up to 49407'),
 ])
 def test_config_checks_name_the_field(demo_dir, field, value, message):
   with pytest.raises(ValueError, match=message):

@@ -1,9 +1,13 @@
 """Start-up checks of a run config: each failure names the field and what was expected.
 
-The evaluations' own fields are checked by evaluators.check.
+RANGES holds every numeric field's valid values, in one place; the checks after it are
+those between fields and of names. The evaluations' own fields are checked by
+evaluators.check.
 """
 
+import dataclasses
 import math
+from typing import Optional
 
 from input_pipeline import augment
 from input_pipeline import tokenizer
@@ -14,89 +18,217 @@ from trainer import optimizer
 from trainer import partitioning
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  """Valid values of a numeric field: finite, within [low, high] (or open at either end)."""
+  low: Optional[float] = None
+  high: Optional[float] = None
+  low_open: bool = False
+  high_open: bool = False
+  why: str = ''  # said after the expectation
+
+  def holds(self, value) -> bool:
+    if isinstance(value, bool) or not math.isfinite(value):
+      return False
+    if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+      return False
+    return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+  def __str__(self):
+    if self.low is not None and self.high is not None:
+      text = (f'a value in {"(" if self.low_open else "["}{self.low:g}, {self.high:g}'
+              f'{")" if self.high_open else "]"}')
+    elif self.low is not None:
+      text = f'a finite value {">" if self.low_open else ">="} {self.low:g}'
+    else:
+      text = 'a finite value'
+    return text + (f' ({self.why})' if self.why else '')
+
+
+def _at_least(low, why=''):
+  return Range(low, why=why)
+
+
+def _positive(why=''):
+  return Range(0, low_open=True, why=why)
+
+
+_PROBABILITY = Range(0, 1, high_open=True)
+_FRACTION = Range(0, 1)
+# Seeds go to JAX, TensorFlow and NumPy, whose seeds are 32-bit at the narrowest.
+_SEED = Range(0, 2**31 - 1)
+_OFF_AT_0 = 'or 0: off'
+
+RANGES = {
+    'batch_size': _at_least(2, 'the contrastive loss needs 2 examples: 1 scores 0 at every '
+                            'step'),
+    'eval_batch_size': _at_least(1),
+    'eval_max_images': _at_least(0, '0: every image'),
+    'image_size': _at_least(1),
+    'samples_per_epoch': _at_least(1),
+    'shuffle_buffer': _at_least(0, "0: 16 x the host's batch"),
+    'num_parallel_reads': _at_least(1),
+    'unreadable_records_limit': _at_least(1, 'records tried at start-up'),
+    'learning_rate': _at_least(0),
+    'abs_learning_rate': _at_least(0, '0: unset'),
+    'warmup_epochs': _at_least(0),
+    'warmup_steps': _at_least(0, '0: unset'),
+    'num_epochs': _at_least(0),
+    'min_abs_lr': _at_least(0),
+    'warmup_abs_lr': _at_least(0),
+    'total_steps': _at_least(0, '0: num_epochs decides'),
+    'opt.b1': Range(0, 1, high_open=True),
+    'opt.b2': Range(0, 1, high_open=True),
+    'opt.eps': _at_least(0),
+    'opt.weight_decay': _at_least(0),
+    'opt.clip_grad_norm': _at_least(0, _OFF_AT_0),
+    'aug.eval_pad': _at_least(0),
+    'aug.txt.max_len': _at_least(3, 'a token of text besides [CLS] and [SEP] or the start '
+                                 'and end of text'),
+    'seed_jax': _SEED,
+    'seed_tf': _SEED,
+    'seed_pt': _SEED,
+    'log_every_steps': _at_least(0, _OFF_AT_0),
+    'eval_every_steps': _at_least(0, '0: only at the end'),
+    'save_every_epochs': _at_least(0, '0: only at the end'),
+    'checkpoint_every_steps': _at_least(0, '0: save_every_epochs decides'),
+    'vis_every_epochs': _at_least(0, '0: only at the end'),
+    'keep_checkpoints': _at_least(0, '0 keeps every checkpoint'),
+    'resume_step': _at_least(0, '0: the newest'),
+    'partitioning.num_partitions': _at_least(1),
+    'grad_accum_steps': _at_least(1),
+    'model.clr.tau': _positive(),
+    'model.clr.tau_init': _positive(),
+    'model.clr.max_logit_scale': _at_least(1, 'logit_scale is held in [0, log of it]'),
+    'model.clr.proj_dim_out': _at_least(1),
+    'model.clr.loss_chunk': _at_least(0, _OFF_AT_0),
+    'model.aclip.distill_weight': _at_least(0, _OFF_AT_0),
+    'model.aclip.simclr_weight': _at_least(0, _OFF_AT_0),
+    'model.aclip.simclr_temperature': _positive(),
+    'model.aclip.head_dim': _at_least(1),
+    'model.norm_eps': _positive(),
+    'model.model_img.mask_ratio': Range(0, 1, high_open=True),
+    'model.model_img.hidden_size': _at_least(1),
+    'model.model_img.masking.num_views': _at_least(1),
+    'model.model_img.masking.sigma': _positive('a variance'),
+    'model.model_img.masking.anchor_ratio': _FRACTION,
+    'model.model_img.masking.threshold': Range(-1, 1, why='a correlation'),
+    'model.model_img.masking.target_mask_ratio': _PROBABILITY,
+    'model.model_img.masking.min_mask_ratio': _PROBABILITY,
+    'model.model_img.masking.block': _at_least(1),
+    'model.model_img.masking.temperature': _at_least(0, '0: hard top-k'),
+    'model.model_img.masking.ema_momentum': _FRACTION,
+    'model.model_txt.mask_ratio': Range(0, 0, why="text tokens are never masked, as FLIP's "
+                                        'model refuses too'),
+    'model.model_txt.hidden_size': _at_least(1),
+    'model.model_txt.vocab_size': _at_least(1),
+}
+for _tower in ('model_img', 'model_txt'):
+  RANGES.update({
+      f'model.{_tower}.transformer.mlp_dim': _at_least(1),
+      f'model.{_tower}.transformer.num_heads': _at_least(1),
+      f'model.{_tower}.transformer.num_layers': _at_least(1),
+      f'model.{_tower}.transformer.dropout_rate': _PROBABILITY,
+      f'model.{_tower}.transformer.attention_dropout_rate': _PROBABILITY,
+      f'model.{_tower}.transformer.droppath_rate': _PROBABILITY,
+  })
+# Fields of several numbers: each must hold.
+SEQUENCE_RANGES = {
+    'aug.area_range': Range(0, 1, low_open=True),
+    'aug.aspect_ratio_range': _positive(),
+    'aug.pixel_mean': Range(),
+    'aug.pixel_std': _positive(),
+    'model.model_img.patches.size': _at_least(1),
+}
+
+
+def _field(config, name):
+  for part in name.split('.'):
+    config = config[part]
+  return config
+
+
+def check_ranges(config):
+  """Every field of RANGES and SEQUENCE_RANGES within its range."""
+  for name, valid in RANGES.items():
+    value = _field(config, name)
+    _require(valid.holds(value), f'config.{name}={value!r}: expected {valid}')
+  for name, valid in SEQUENCE_RANGES.items():
+    values = tuple(_field(config, name))
+    _require(all(valid.holds(v) for v in values),
+             f'config.{name}={values}: expected each {valid}')
+
+
 def _require(ok: bool, message: str):
   if not ok:
     raise ValueError(message)
 
 
 def check(config):
-  img = config.model.model_img
-  masking.grid_of(config)  # image_size must be a multiple of the patch size
-  masking.get_policy(config, train=True)  # known policy, feasible mask_ratio
-  _require(config.batch_size > 0, f'config.batch_size={config.batch_size}: must be positive')
-  _require(config.eval_batch_size > 0,
-           f'config.eval_batch_size={config.eval_batch_size}: must be positive')
-  for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps', 'total_steps'):
-    _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0 turns it off)')
-  _require(config.keep_checkpoints >= 0,
-           f'config.keep_checkpoints={config.keep_checkpoints}: must be >= 0 (0 keeps every '
-           'checkpoint)')
+  check_ranges(config)
+  img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
   _require(config.total_steps > 0 or config.num_epochs > 0,
            'config.num_epochs must be positive when config.total_steps is 0')
-  _require(config.samples_per_epoch > 0,
-           f'config.samples_per_epoch={config.samples_per_epoch}: must be positive')
-  lo, hi = config.aug.area_range
-  _require(0 < lo <= hi <= 1, f'config.aug.area_range={tuple(config.aug.area_range)}: expected '
-           '0 < low <= high <= 1')
-  _require(config.aug.txt.max_len >= 3,
-           f'config.aug.txt.max_len={config.aug.txt.max_len}: must be at least 3')
-  for tower, cfg in (('model_img', img), ('model_txt', config.model.model_txt)):
+  for field in ('pixel_mean', 'pixel_std'):
+    values = tuple(config.aug[field])
+    _require(len(values) == 3, f'config.aug.{field}={values}: expected 3 values (R, G, B) on '
+             'the 0-1 scale')
+  for field in ('area_range', 'aspect_ratio_range'):
+    low, high = config.aug[field]
+    _require(low <= high, f'config.aug.{field}={(low, high)}: expected low <= high')
+  masking.grid_of(config)  # image_size must be a multiple of the patch size
+  masking.get_policy(config, train=True)  # known policy, feasible mask_ratio
+  for tower, cfg in (('model_img', img), ('model_txt', txt)):
     heads, width = cfg.transformer.num_heads, cfg.hidden_size
     _require(width % heads == 0, f'config.model.{tower}.hidden_size={width} does not divide '
              f'into config.model.{tower}.transformer.num_heads={heads}')
+    _require(cfg.transformer.remat_policy in transformer.REMAT_POLICIES,
+             f'config.model.{tower}.transformer.remat_policy='
+             f'{cfg.transformer.remat_policy!r}: expected one of '
+             f'{sorted(transformer.REMAT_POLICIES)}')
   _require(not (img.cls_position and img.sincos),
            'config.model.model_img.cls_position=True needs a learned position table: set '
            'config.model.model_img.sincos=False')
+  _require(not img.sincos or img.hidden_size % 4 == 0,
+           f'config.model.model_img.hidden_size={img.hidden_size}: the sin-cos position '
+           'embedding needs a multiple of 4')
   _require(config.model.activation in transformer.ACTIVATIONS,
            f'config.model.activation={config.model.activation!r}: expected one of '
            f'{sorted(transformer.ACTIVATIONS)}')
   _require(config.model.attention in transformer.ATTENTION,
            f'config.model.attention={config.model.attention!r}: expected one of '
            f'{transformer.ATTENTION}')
-  _require(config.model.norm_eps > 0,
-           f'config.model.norm_eps={config.model.norm_eps}: must be positive')
-  if config.aug.txt.tokenizer == 'clip_bpe':
-    _require(config.model.model_txt.vocab_size >= 49408,
-             f'config.model.model_txt.vocab_size={config.model.model_txt.vocab_size}: CLIP BPE '
-             'ids go up to 49407; expected 49408')
+  ids = tokenizer.from_config(config).vocab_size  # a known tokenizer
+  _require(txt.vocab_size >= ids,
+           f'config.model.model_txt.vocab_size={txt.vocab_size}: the '
+           f'{config.aug.txt.tokenizer} tokenizer gives ids up to {ids - 1}; expected {ids} or '
+           'more')
   text_pools = ('',) + text.POOLINGS
-  _require(config.model.model_txt.pool in text_pools,
-           f'config.model.model_txt.pool={config.model.model_txt.pool!r}: expected one of '
-           f'{text_pools}')
-  for field in ('pixel_mean', 'pixel_std'):
-    values = tuple(config.aug[field])
-    _require(len(values) == 3 and (field == 'pixel_mean' or min(values) > 0),
-             f'config.aug.{field}={values}: expected 3 values (R, G, B) on the 0-1 scale'
-             + (', all positive' if field == 'pixel_std' else ''))
-  _require(not img.sincos or img.hidden_size % 4 == 0,
-           f'config.model.model_img.hidden_size={img.hidden_size}: the sin-cos position '
-           'embedding needs a multiple of 4')
+  _require(txt.pool in text_pools,
+           f'config.model.model_txt.pool={txt.pool!r}: expected one of {text_pools}')
+  _require(not txt.sincos, 'config.model.model_txt.sincos=True: the text tower\'s position '
+           'embedding is learned (FLIP\'s model refuses sin-cos too); set False')
   views = img.masking.num_views
-  _require(views >= 1, f'config.model.model_img.masking.num_views={views}: must be >= 1')
-  aclip = config.model.aclip
-  for field in ('distill_weight', 'simclr_weight'):
-    _require(aclip[field] >= 0, f'config.model.aclip.{field}={aclip[field]}: must be >= 0')
-  _require(aclip.simclr_weight == 0 or views >= 2,
-           f'config.model.aclip.simclr_weight={aclip.simclr_weight} contrasts two views: set '
+  _require(config.model.aclip.simclr_weight == 0 or views >= 2,
+           f'config.model.aclip.simclr_weight={config.model.aclip.simclr_weight} contrasts two '
+           f'views: set config.model.model_img.masking.num_views >= 2 (it is {views})')
+  _require(img.masking.view_crops in ('shared', 'separate'),
+           f'config.model.model_img.masking.view_crops={img.masking.view_crops!r}: expected '
+           "'shared' or 'separate'")
+  _require(img.masking.view_crops == 'shared' or views >= 2,
+           "config.model.model_img.masking.view_crops='separate' crops each view apart: set "
            f'config.model.model_img.masking.num_views >= 2 (it is {views})')
-  _require(aclip.simclr_temperature > 0,
-           f'config.model.aclip.simclr_temperature={aclip.simclr_temperature}: must be > 0')
-  _require(0.0 <= img.masking.ema_momentum <= 1.0,
-           f'config.model.model_img.masking.ema_momentum={img.masking.ema_momentum}: expected '
-           'a value in [0, 1]')
-  _require(config.grad_accum_steps >= 1 and config.batch_size % config.grad_accum_steps == 0,
-           f'config.grad_accum_steps={config.grad_accum_steps} must be >= 1 and divide '
+  _require(config.batch_size % config.grad_accum_steps == 0,
+           f'config.grad_accum_steps={config.grad_accum_steps} must divide '
            f'config.batch_size={config.batch_size}')
-  chunk = config.model.clr.loss_chunk
-  _require(chunk >= 0 and (chunk == 0 or config.batch_size % chunk == 0),
+  chunk = clr.loss_chunk
+  _require(chunk == 0 or config.batch_size % chunk == 0,
            f'config.model.clr.loss_chunk={chunk} must be 0 (off) or divide '
            f'config.batch_size={config.batch_size}')
   partitioning.logical_rules(config)  # a known strategy
-  tokenizer.from_config(config)  # a known tokenizer
   _require(config.aug.crop_ver in augment.CROP_VERSIONS,
            f'config.aug.crop_ver={config.aug.crop_ver!r}: expected one of '
            f'{augment.CROP_VERSIONS}')
-  _require(config.aug.eval_pad >= 0, f'config.aug.eval_pad={config.aug.eval_pad}: must be >= 0')
   _require(config.opt_mu_dtype in optimizer.MU_DTYPES,
            f'config.opt_mu_dtype={config.opt_mu_dtype!r}: expected one of '
            f'{sorted(optimizer.MU_DTYPES)}')
@@ -106,39 +238,9 @@ def check(config):
   _require(config.decay_set in optimizer.DECAY_SETS,
            f'config.decay_set={config.decay_set!r}: expected one of '
            f'{sorted(optimizer.DECAY_SETS)}')
-  for field in ('abs_learning_rate', 'warmup_steps', 'shuffle_buffer'):
-    _require(config[field] >= 0, f'config.{field}={config[field]}: must be >= 0 (0: unset)')
-  for field in ('learning_rate', 'abs_learning_rate', 'min_abs_lr', 'warmup_abs_lr',
-                'warmup_epochs'):
-    _require(math.isfinite(config[field]) and config[field] >= 0,
-             f'config.{field}={config[field]}: expected a finite value >= 0')
-  _require(config.batch_size >= 2, f'config.batch_size={config.batch_size}: the contrastive '
-           'loss needs at least 2 examples per batch (1 scores 0 at every step)')
   optimizer.steps_per_epoch(config)  # at least one whole step per epoch
-  _require(config.model.clr.logit_scale_clamp in ('forward', 'after_update'),
-           f'config.model.clr.logit_scale_clamp={config.model.clr.logit_scale_clamp!r}: '
+  _require(clr.logit_scale_clamp in ('forward', 'after_update'),
+           f'config.model.clr.logit_scale_clamp={clr.logit_scale_clamp!r}: '
            "expected 'forward' or 'after_update'")
-  _require(img.masking.view_crops in ('shared', 'separate'),
-           f'config.model.model_img.masking.view_crops={img.masking.view_crops!r}: expected '
-           "'shared' or 'separate'")
-  _require(img.masking.view_crops == 'shared' or img.masking.num_views >= 2,
-           "config.model.model_img.masking.view_crops='separate' crops each view apart: set "
-           f'config.model.model_img.masking.num_views >= 2 (it is {img.masking.num_views})')
-  clr = config.model.clr
   _require(clr.clr_loss, 'config.model.clr.clr_loss=False: the contrastive loss is the only '
            'objective (as in FLIP); set it to True')
-  _require(clr.tau > 0 and clr.tau_init > 0, f'config.model.clr.tau={clr.tau} and tau_init='
-           f'{clr.tau_init}: temperatures must be positive')
-  txt = config.model.model_txt
-  _require(txt.mask_ratio == 0.0, f'config.model.model_txt.mask_ratio={txt.mask_ratio}: text '
-           'tokens are never masked (FLIP\'s model refuses it too); set 0.0')
-  _require(not txt.sincos, 'config.model.model_txt.sincos=True: the text tower\'s position '
-           'embedding is learned (FLIP\'s model refuses sin-cos too); set False')
-  for tower in ('model_img', 'model_txt'):
-    cfg = config.model[tower].transformer
-    for field in ('dropout_rate', 'attention_dropout_rate', 'droppath_rate'):
-      _require(0.0 <= cfg[field] < 1.0, f'config.model.{tower}.transformer.{field}='
-               f'{cfg[field]}: expected a probability in [0, 1)')
-    _require(cfg.remat_policy in transformer.REMAT_POLICIES,
-             f'config.model.{tower}.transformer.remat_policy={cfg.remat_policy!r}: expected '
-             f'one of {sorted(transformer.REMAT_POLICIES)}')
