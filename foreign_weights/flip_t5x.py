@@ -59,13 +59,20 @@ def _spec_path(spec) -> str:
   return relative or spec.get('path') or (kvstore if isinstance(kvstore, str) else '')
 
 
+def _inside(path: str, folder: str) -> bool:
+  folder = os.path.realpath(folder)
+  return os.path.commonpath([os.path.realpath(path), folder]) == folder
+
+
 def _read_array(step_dir: str, name: str, spec) -> np.ndarray:
   relative = _spec_path(spec)
   # t5x joins the folder being read with the spec's path; a path carrying the writer's
   # own folder or bucket still ends in the array's dotted name.
+  # Nothing outside the checkpoint folder is read: an absolute path, `..` or a link that
+  # leads out of it counts only by its last name.
   candidates = [os.path.join(step_dir, relative),
                 os.path.join(step_dir, os.path.basename(relative.rstrip('/')))]
-  location = next((c for c in candidates if os.path.isdir(c)), None)
+  location = next((c for c in candidates if _inside(c, step_dir) and os.path.isdir(c)), None)
   if location is None:
     raise FileNotFoundError(f'FLIP checkpoint {step_dir}: parameter {name} is stored in '
                             f'{relative!r}, which is not in that folder')

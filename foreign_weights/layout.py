@@ -25,6 +25,10 @@ def stack_blocks(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     else:
       stacked[name] = value
   for name, by_layer in layers.items():
+    shapes = {i: np.shape(by_layer[i]) for i in sorted(by_layer)}
+    if len(set(shapes.values())) > 1:
+      raise ValueError(f'{name}: the blocks\' tensors differ in shape, so they cannot be '
+                       f'stacked: {shapes}')
     stacked[name] = np.stack([by_layer[i] for i in sorted(by_layer)])
   return stacked
 

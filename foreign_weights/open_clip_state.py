@@ -82,8 +82,13 @@ def find(path: str) -> Optional[str]:
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
   from safetensors import safe_open  # pylint: disable=g-import-not-at-top
   # The flax framework reads bfloat16, which numpy alone cannot hold.
-  with safe_open(path, framework='flax') as f:
-    return {name: np.asarray(f.get_tensor(name), np.float32) for name in f.keys()}
+  try:
+    with safe_open(path, framework='flax') as f:
+      return {name: np.asarray(f.get_tensor(name), np.float32) for name in f.keys()}
+  except Exception as e:  # pylint: disable=broad-except  (SafetensorError and what it wraps)
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise ValueError(f'{path} is not a readable safetensors file ({type(e).__name__}: '
+                     f'{cause}); download or copy it again') from e
 
 
 def _read_pickle(path: str) -> Dict[str, np.ndarray]:
@@ -116,12 +121,17 @@ def read_state_dict(path: str) -> Dict[str, np.ndarray]:
                             f'file, or a folder holding {SAFETENSORS_FILE} or {PYTORCH_FILE})')
   state = (_read_safetensors(weights) if weights.endswith('.safetensors') else
            _read_pickle(weights))
-  unwrapped = {}
+  unwrapped, original = {}, {}
   for name, value in state.items():
+    stripped = name
     for prefix in _PREFIXES:
-      while name.startswith(prefix):
-        name = name[len(prefix):]
-    unwrapped[name] = value
+      while stripped.startswith(prefix):
+        stripped = stripped[len(prefix):]
+    if stripped in unwrapped:
+      raise ValueError(f'{weights}: the tensors {original[stripped]!r} and {name!r} are both '
+                       f'{stripped!r} once the wrappers\' prefixes ({", ".join(_PREFIXES)}) are '
+                       'removed; keep one of them')
+    unwrapped[stripped], original[stripped] = value, name
   logging.info('Reading open_clip checkpoint %s: %d tensors', weights, len(unwrapped))
   return unwrapped
 

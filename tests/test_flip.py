@@ -155,3 +155,25 @@ def test_flips_readme_commands_run(tmp_path, demo_dir):
                f'--config.pretrain_dir={tmp_path / "release"}', '--config.eval_only=True')
   assert 'FLIP (t5x) checkpoint' in done.stderr
   assert 0 <= metrics_rows(evaluated)[-1]['zeroshot/top1'] <= 1
+
+
+@pytest.mark.parametrize('where', ['absolute', 'parent'])
+def test_an_array_spec_pointing_outside_the_checkpoint_is_not_read(tmp_path, demo_dir, where):
+  from flax import serialization  # pylint: disable=g-import-not-at-top
+  import shutil  # pylint: disable=g-import-not-at-top
+  config = flip_model_config(demo_dir, False)
+  step_dir = flip_reference.write_t5x_checkpoint(str(tmp_path / 'release'), flip_params(config),
+                                                 1, with_optimizer_state=False)
+  name = 'target.txt_mlp1.kernel'
+  outside = tmp_path / 'elsewhere' / name
+  shutil.move(os.path.join(step_dir, name), outside.parent.mkdir() or outside)
+  path = os.path.join(step_dir, 'checkpoint')
+  with open(path, 'rb') as f:
+    tree = serialization.msgpack_restore(f.read())
+  spec = tree['optimizer']['target']['txt_mlp1']['kernel']
+  spec['kvstore']['path'] = str(outside) if where == 'absolute' else f'../../elsewhere/{name}'
+  with open(path, 'wb') as f:
+    f.write(serialization.msgpack_serialize(tree))
+  with pytest.raises(FileNotFoundError, match=f'parameter {name[len("target."):]} is stored in '
+                                               '.*which is not in that folder'):
+    our_params(config, str(tmp_path / 'release'))

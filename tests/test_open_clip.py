@@ -228,6 +228,29 @@ def test_loading_refuses_what_does_not_fit_and_names_it(micro_export, tmp_path, 
   pretrained.load_pretrained_params(str(out / open_clip_state.SAFETENSORS_FILE), params)
 
 
+def test_damaged_or_ambiguous_files_and_blocks_of_other_shapes_are_named(micro_export,
+                                                                        tmp_path):
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  from foreign_weights import layout  # pylint: disable=g-import-not-at-top
+  out, config = micro_export
+  state = open_clip_state.read_state_dict(str(out))
+  params = init_params(clip.from_config(config), micro_inputs(config))
+  whole = (out / open_clip_state.SAFETENSORS_FILE).read_bytes()
+  (tmp_path / 'cut.safetensors').write_bytes(whole[:len(whole) // 2])
+  with pytest.raises(ValueError, match=r'cut.safetensors is not a readable safetensors file '
+                                       r'\(SafetensorError: .*copy it again'):
+    pretrained.load_pretrained_params(str(tmp_path / 'cut.safetensors'), params)
+  save_file(dict(state, **{'module.logit_scale': state['logit_scale'] * 2}),
+            str(tmp_path / 'both.safetensors'))
+  with pytest.raises(ValueError, match=r"'logit_scale' and 'module.logit_scale' are both "
+                                       r"'logit_scale'"):
+    pretrained.load_pretrained_params(str(tmp_path / 'both.safetensors'), params)
+  with pytest.raises(ValueError, match=r'image/encoder/blocks/mlp/kernel: the blocks\' tensors '
+                                       r'differ in shape.*\{0: \(2, 3\), 1: \(2, 4\)\}'):
+    layout.stack_blocks({'image/encoder/block_00/mlp/kernel': np.zeros((2, 3)),
+                         'image/encoder/block_01/mlp/kernel': np.zeros((2, 4))})
+
+
 def test_position_tables_are_resampled_onto_another_grid(micro_export):
   out, config = micro_export
   config = config.copy_and_resolve_references()

@@ -162,3 +162,32 @@ def test_a_notice_is_answered_while_the_input_is_stalled(tmp_path, demo_dir, mon
   step = int(re.search(r'preempted at step (\d+)', str(stopped.value)).group(1))
   assert 1 <= step <= 4  # the last step whose batch came
   assert _steps(workdir / 'checkpoints') == [step]
+
+
+def test_weights_holding_nan_are_refused_at_load_naming_the_tensor(tmp_path, demo_dir):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from models import clip  # pylint: disable=g-import-not-at-top
+  from trainer import partitioning  # pylint: disable=g-import-not-at-top
+  from trainer import state as state_lib  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  config = _config(demo_dir, 2)
+  train.train_and_evaluate(config, str(workdir))
+  # A step 3 whose text projection holds a NaN, written past the run's own guard.
+  state = state_lib.create_train_state(config, clip.from_config(config), jax.random.PRNGKey(0),
+                                       partitioning.make_mesh(config))
+  manager = checkpoints.checkpoint_manager(str(workdir / 'checkpoints'), config)
+  state = checkpoints.restore_checkpoint(manager, state, 2)
+  kernel = state.params['text']['projection']['kernel']
+  params = {**state.params, 'text': {**state.params['text'], 'projection': {
+      'kernel': kernel.at[0, 0].set(jnp.nan)}}}
+  checkpoints.save_checkpoint(manager, state.replace(step=3, params=params), {})
+  manager.wait_until_finished()
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=r'checkpoints/3 cannot be restored .*NaN or infinite values in 1 '
+                           r'tensors, params/text/projection/kernel first.*resume_step=2'):
+    train.train_and_evaluate(_config(demo_dir, 2, eval_only=True), str(workdir))
+  with pytest.raises(ValueError, match=r'pretrain_dir=.*parameter text/projection/kernel holds '
+                                       'NaN or infinite values'):
+    train.train_and_evaluate(_config(demo_dir, 2, pretrain_dir=str(workdir)),
+                             str(tmp_path / 'from_it'))

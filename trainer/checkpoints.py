@@ -15,6 +15,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from trainer import console
+from trainer import state as state_lib
 from trainer.state import TrainState
 from trainer import workdir as workdir_lib
 
@@ -52,6 +53,10 @@ def restore_run_state(manager: ocp.CheckpointManager, step: int):
 
 class CheckpointError(Exception):
   """A checkpoint that cannot be resumed from; the message says what to do."""
+
+
+class NonFiniteCheckpoint(CheckpointError):
+  """A checkpoint whose weights are not finite: never evaluated or trained from."""
 
 
 class SaveFailed(CheckpointError):
@@ -142,6 +147,10 @@ def restore_checkpoint(manager: ocp.CheckpointManager, state: TrainState, step: 
   items = {name: ocp.args.StandardRestore(getattr(abstract, name)) for name in CHECKPOINT_ITEMS
            if getattr(state, name) is not None}
   restored = manager.restore(step, args=ocp.args.Composite(**items))
+  spoilt = [n for name in items for n in state_lib.non_finite_names(restored[name], f'{name}/')]
+  if spoilt:
+    raise NonFiniteCheckpoint(f'holds NaN or infinite values in {len(spoilt)} tensors, '
+                              f'{spoilt[0]} first')
   return state.replace(step=jax.device_put(np.int32(step), state.step.sharding),
                        **{name: restored[name] for name in items})
 

@@ -116,6 +116,9 @@ def load_pretrained_params(path: str, params):
   fitted = {}
   for name, want in target.items():
     value = np.asarray(source[name])
+    if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
+      raise ValueError(f'config.pretrain_dir={path!r}: parameter {name} holds NaN or '
+                       'infinite values; these weights cannot be trained or evaluated')
     if value.shape != want.shape:
       same_width = value.ndim == 3 and value.shape[2:] == want.shape[2:]
       if name == 'text/pos_embedding' and same_width and value.shape[1] > want.shape[1]:

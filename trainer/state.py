@@ -84,6 +84,19 @@ def _all_finite(params, opt_state):
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
 
 
+@jax.jit
+def _leaves_finite(tree):
+  return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(
+      x.dtype, jnp.floating) else jnp.bool_(True), tree)
+
+
+def non_finite_names(tree, prefix: str = ''):
+  """The '/'-joined names of the tensors of `tree` holding a NaN or an infinity."""
+  flags = jax.device_get(_leaves_finite(tree))
+  return [prefix + '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+          for path, ok in jax.tree_util.tree_leaves_with_path(flags) if not ok]
+
+
 def is_finite(state: TrainState) -> bool:
   """Whether every float in the parameters and the optimiser state is finite: a checkpoint
   is never written from a state that a non-finite learning rate or update has spoilt."""
