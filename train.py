@@ -91,6 +91,8 @@ def _run(config, workdir: workdir_lib.Workdir, shards) -> Dict[str, Any]:
                 *jax.random.split(jax.random.PRNGKey(config.seed_jax), 3))
 
   plan = resume.plan_resume(config, workdir)
+  if config.eval_only:  # before anything large is built
+    _check_something_to_evaluate(config, plan, workdir)
   if plan.resumes:
     policy = cluster_calibration.from_checkpoint(config, policy, plan.run_state)
   built = evaluators.build(config, parts.model, mesh, parts.tokenizer)  # checks their data
@@ -122,7 +124,6 @@ def _run(config, workdir: workdir_lib.Workdir, shards) -> Dict[str, Any]:
                             masked=masking.get_policy(config, train=False).name != 'none')
 
   if config.eval_only:
-    _check_something_to_evaluate(config, plan, workdir, built)
     results = evaluations.run(state, start_step)
   elif start_step >= cadence.total_steps:
     logging.info('The run in %s already reached step %d of %d.', workdir.root, start_step,
@@ -166,7 +167,7 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
           local_batch = _next_batch(feeder, notice, window)
           if local_batch is None:  # a notice while the input is stalled
             _stop_for_notice(notice, state, window, checkpointer, progress,
-                             resume.run_state(config, policy, position, window.host_rows()))
+                             plan.carry(config, policy, position, window.host_rows()))
           position = int(local_batch.pop('position')[-1])
           state, metrics = step_fn(state, partitioning.global_batch(parts.mesh, local_batch),
                                    parts.train_rng)
@@ -182,10 +183,10 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
           results.update(window.close(step, writer))
         if cadence.checkpoint_due(step):
           _save(state, window, checkpointer, progress,
-                resume.run_state(config, policy, position, window.host_rows()))
+                plan.carry(config, policy, position, window.host_rows()))
         if notice.reached(step):
           _stop_for_notice(notice, state, window, checkpointer, progress,
-                           resume.run_state(config, policy, position, window.host_rows()))
+                           plan.carry(config, policy, position, window.host_rows()))
         due = evaluations.due(step, cadence)
         if due:
           with progress.timed('eval'):
@@ -289,11 +290,11 @@ def _finish_after_error(checkpointer, writer):
     pass
 
 
-def _check_something_to_evaluate(config, plan: resume.Plan, workdir, built):
-  if not built:
+def _check_something_to_evaluate(config, plan: resume.Plan, workdir):
+  if not evaluators.eval_configs(config):
     raise ValueError('config.eval_only=True needs config.eval_dataset or config.evals')
   if not plan.resumes and not config.pretrain_dir:
-    raise FileNotFoundError(f'config.eval_only=True: no checkpoint in {workdir.root} and no '
+    raise FileNotFoundError(f'config.eval_only=True: no checkpoint in {workdir.shown()} and no '
                             'config.pretrain_dir to evaluate')
 
 

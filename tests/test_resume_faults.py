@@ -191,3 +191,40 @@ def test_weights_holding_nan_are_refused_at_load_naming_the_tensor(tmp_path, dem
                                        'NaN or infinite values'):
     train.train_and_evaluate(_config(demo_dir, 2, pretrain_dir=str(workdir)),
                              str(tmp_path / 'from_it'))
+
+
+def test_the_same_resume_step_command_started_again_goes_on_instead_of_back(tmp_path, demo_dir):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(demo_dir, 4), str(run))
+  command = _config(demo_dir, 6, resume_step=2)
+  train.train_and_evaluate(command, str(run))  # back to 2, then on to 6
+  assert _steps(run / 'checkpoints_after_2') == [3, 4]
+  assert _steps(run / 'checkpoints') == [4, 5, 6]  # step 2 itself no longer kept
+  train.train_and_evaluate(_config(demo_dir, 8, resume_step=2), str(run))  # started again
+  assert _steps(run / 'checkpoints') == [6, 7, 8]
+  assert sorted(p.name for p in run.iterdir() if p.name.startswith('checkpoints_after')) == [
+      'checkpoints_after_2']
+  steps = [r['step'] for r in metrics_rows(run) if 'train_loss' in r]
+  assert steps == [1, 2, 3, 4, 5, 6, 7, 8]  # the rows past 2 were written again once
+
+
+def test_eval_only_of_a_runs_own_checkpoint_with_another_model_is_refused(tmp_path, demo_dir):
+  run = tmp_path / 'run'
+  train.train_and_evaluate(_config(demo_dir, 2), str(run))
+  rows = metrics_rows(run)
+  other = {'model.norm_eps': 1e-5}
+  with pytest.raises(resume.ConfigChanged, match=r'eval_only: checkpoint .*/2 was trained with '
+                                                 r'another config \(model.norm_eps: 1e-06 -> '
+                                                 r"1e-05\).*--config.resume_dir="):
+    train.train_and_evaluate(_config(demo_dir, 2, eval_only=True, **other), str(run))
+  assert metrics_rows(run) == rows
+  # Elsewhere, from resume_dir, its results are its own.
+  train.train_and_evaluate(_config(demo_dir, 2, eval_only=True, resume_dir=str(run), **other),
+                           str(tmp_path / 'elsewhere'))
+  assert metrics_rows(run) == rows
+
+
+def test_eval_only_with_nothing_to_evaluate_names_the_workdir(tmp_path, demo_dir):
+  with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path / "empty"} and no '
+                                              'config.pretrain_dir'):
+    train.train_and_evaluate(_config(demo_dir, 2, eval_only=True), str(tmp_path / 'empty'))

@@ -29,6 +29,9 @@ from trainer import workdir as workdir_lib
 # Fields that define what a run trains: a resume may change them only when the user says so.
 TRAINED = ('model.', 'aug.', 'batch_size', 'image_size', 'laion_path', 'samples_per_epoch',
            'seed_jax', 'seed_tf', 'shuffle_buffer', 'num_parallel_reads')
+# What gives evaluated numbers: eval_only compares these with the checkpoint's config.
+EVALUATED = ('model.', 'image_size', 'aug.eval_pad', 'aug.pixel_mean', 'aug.pixel_std',
+             'aug.txt.')
 # Set by the run itself (the calibrated cluster threshold), or how to resume, not a choice.
 NOT_COMPARED = ('model.model_img.masking.threshold', 'resume_step', 'resume_dir',
                 'pretrain_dir', 'accept_config_changes')
@@ -45,10 +48,17 @@ class Plan:
   source: ocp.CheckpointManager  # where it resumes from: `manager`, or resume_dir's
   step: Optional[int] = None  # the step it resumes at; None: a new run
   run_state: dict = dataclasses.field(default_factory=dict)
+  # The resume_step this run went back to (carried by its checkpoints, so that the same
+  # command line started again goes on from them rather than back again).
+  rolled_back_to: Optional[int] = None
 
   @property
   def resumes(self) -> bool:
     return self.step is not None
+
+  def carry(self, config, policy, position: int, pending_rows) -> dict:
+    """The run_state of a checkpoint this run saves (run_state below)."""
+    return run_state(config, policy, position, pending_rows, self.rolled_back_to)
 
 
 def plan_resume(config, workdir: workdir_lib.Workdir) -> Plan:
@@ -68,11 +78,20 @@ def plan_resume(config, workdir: workdir_lib.Workdir) -> Plan:
     if config.pretrain_dir:
       pretrained.check_pretrained(config.pretrain_dir)
     return Plan(manager, source)
-  step = step_to_resume(source, config.resume_step)
+  newest, back_to = source.latest_step(), config.resume_step
+  went_on = (back_to > 0 and newest != back_to and source is manager and not config.eval_only
+             and (checkpoints.restore_run_state(source, newest) or {}).get(
+                 'rolled_back_to') == back_to)
+  if went_on:  # the same command line, started again after its rollback
+    logging.warning('config.resume_step=%d was applied before and the run went on to step %d: '
+                    'it resumes there', back_to, newest)
+  step = newest if went_on else step_to_resume(source, back_to)
   carried = checkpoints.restore_run_state(source, step) or {}
-  if not config.eval_only:
+  if config.eval_only and source is manager:
+    check_evaluated_as_trained(config, source, step, carried.get('config'))
+  elif not config.eval_only:
     record_config_changes(config, workdir, source, step, carried.get('config'))
-  return Plan(manager, source, step, carried)
+  return Plan(manager, source, step, carried, carried.get('rolled_back_to'))
 
 
 def restore(plan: Plan, state: TrainState, config) -> Tuple[TrainState, Plan]:
@@ -86,6 +105,8 @@ def restore(plan: Plan, state: TrainState, config) -> Tuple[TrainState, Plan]:
   state, carried = checkpoints.restore_or_explain(plan.source, state, plan.step)
   restored = dataclasses.replace(plan, run_state=carried or {})
   if plan.source is plan.manager and not config.eval_only:
+    if plan.step != plan.manager.latest_step():  # config.resume_step, back from the newest
+      restored = dataclasses.replace(restored, rolled_back_to=plan.step)
     moved = checkpoints.set_aside_later(str(plan.manager.directory), plan.step)
     if moved:
       logging.warning('config.resume_step=%d: the later checkpoints were moved to %s',
@@ -123,10 +144,11 @@ def other_run(path: str) -> ocp.CheckpointManager:
 
 # --- What a checkpoint carries ---------------------------------------------------------------
 
-def run_state(config, policy, position: int, pending_rows) -> dict:
+def run_state(config, policy, position: int, pending_rows, rolled_back_to=None) -> dict:
   """The run_state saved with a checkpoint (a collective: every host's input position)."""
   positions = multihost_utils.process_allgather(np.int64(position))
   return {
+      'rolled_back_to': rolled_back_to,
       'input_positions': [int(p) for p in np.ravel(positions)],
       'cluster_threshold': (config.model.model_img.masking.threshold
                             if policy.name == 'cluster' else None),
@@ -180,6 +202,25 @@ def check_resume(config, saved) -> dict:
         'start a new run in another --workdir, or resume with these changes by adding '
         '--config.accept_config_changes=True')
   return changes
+
+
+def check_evaluated_as_trained(config, source, step: int, saved=None):
+  """eval_only of a run's own checkpoint: refuses (ConfigChanged) a config whose model,
+  image size, pixel statistics or tokens differ from the ones the checkpoint was trained
+  with, since its rows would go into that run's metrics as if they were its own."""
+  run = workdir_lib.run_of(str(source.directory))
+  if saved is None:
+    saved = saved_config.read(run.config_json)
+  if saved is None or config.accept_config_changes:
+    return
+  changed = {k: v for k, v in changes_since(saved, config).items() if k.startswith(EVALUATED)}
+  if changed:
+    listed = '; '.join(f'{k}: {a!r} -> {b!r}' for k, (a, b) in changed.items())
+    raise ConfigChanged(
+        f'eval_only: checkpoint {source.directory}/{step} was trained with another config '
+        f'({listed}), and these results would go into its run\'s metrics; evaluate it in '
+        f'another --workdir with --config.resume_dir={run.root}, or add '
+        '--config.accept_config_changes=True')
 
 
 def record_config_changes(config, workdir: workdir_lib.Workdir, source, step: int,
