@@ -158,8 +158,12 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
                                              every_secs=None)
   window = LogWindow(config.batch_size, cadence.total_steps,
                      plan.run_state.get('pending_metrics', []))
-  checkpointer = checkpoints.Checkpointer(plan.manager)
-  started_at, results, step = time.time(), {}, start_step
+  checkpointer = checkpoints.Checkpointer(plan.manager, writer.flush)
+  results = {}
+  if plan.resumes and plan.source is plan.manager:  # stopped between a save and its evaluations
+    results.update(evaluations.run(state, start_step,
+                                   evaluations.unwritten(start_step, cadence, workdir)))
+  started_at, step = time.time(), start_step
   with preemption.Notice() as notice:
     try:
       for step in range(start_step + 1, cadence.total_steps + 1):

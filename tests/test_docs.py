@@ -2,7 +2,7 @@
 
 main.py's commands (and tpu/launch.sh train's) go through main.py's own flags, their config
 file with its overrides, and the start-up checks (train.check_config); `python -m MODULE`
-commands name a module whose --helpfull lists every flag they pass (and their --config
+commands name a module whose --helpfull (or --help) lists every flag they pass (and their --config
 overrides name fields of the config); make's targets are the Makefile's; anything else is a
 program this project does not ship, named in EXTERNAL. Placeholders (DIR, $VAR, gs://...)
 are taken as written: they are strings wherever a path goes. What the commands then do is
@@ -96,14 +96,15 @@ def _main_config(args):
 
 @functools.lru_cache(maxsize=None)
 def _module_flags(module):
-  """The flags `python -m module --helpfull` lists."""
-  done = subprocess.run([sys.executable, '-m', module, '--helpfull'], cwd=ROOT, text=True,
-                        capture_output=True, timeout=300)
-  listed = set(re.findall(r'--(?:\[no\])?([A-Za-z_][\w.]*)', done.stdout))
-  # absl ends a help request with status 1.
-  assert done.returncode in (0, 1) and listed, (
-      f'python -m {module} --helpfull failed: {done.stderr[-2000:]}')
-  return listed
+  """The flags `python -m module --helpfull` (absl) or `--help` (argparse) lists."""
+  for request in ('--helpfull', '--help'):
+    done = subprocess.run([sys.executable, '-m', module, request], cwd=ROOT, text=True,
+                          capture_output=True, timeout=300)
+    listed = set(re.findall(r'--(?:\[no\])?([A-Za-z_][\w.]*)', done.stdout))
+    # absl ends a help request with status 1.
+    if done.returncode in (0, 1) and listed:
+      return listed
+  raise AssertionError(f'python -m {module} lists no flags: {done.stderr[-2000:]}')
 
 
 def _check_config_overrides(args):

@@ -207,3 +207,14 @@ def test_one_run_per_workdir(tmp_path, demo_dir):
   train.train_and_evaluate(micro_config(demo_dir, total_steps=1, eval_at_end=False),
                            str(workdir))
   assert os.listdir(workdir / 'checkpoints') == ['1']
+
+
+def test_killed_again_and_again_a_run_ends_as_an_uninterrupted_one(tmp_path, demo_dir):
+  """tests/chaos.py at a size that fits CI: six kills (SIGKILL and SIGTERM, while training,
+  saving or evaluating), then the metrics rows, TensorBoard's scalars and the last
+  checkpoint compared with an uninterrupted run's."""
+  from tests import chaos  # pylint: disable=g-import-not-at-top
+  summary = chaos.run(demo_dir, tmp_path, kills=6, seed=0)
+  assert summary['kills'] == 6, summary
+  assert summary['by_signal']['SIGKILL'] and summary['by_signal']['SIGTERM'], summary
+  assert summary['differences'] == [], summary

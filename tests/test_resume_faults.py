@@ -228,3 +228,42 @@ def test_eval_only_with_nothing_to_evaluate_names_the_workdir(tmp_path, demo_dir
   with pytest.raises(FileNotFoundError, match=f'no checkpoint in {tmp_path / "empty"} and no '
                                               'config.pretrain_dir'):
     train.train_and_evaluate(_config(demo_dir, 2, eval_only=True), str(tmp_path / 'empty'))
+
+
+_TIMINGS = ('images_per_sec', 'input_wait_fraction', 'steps_per_sec', 'uptime')
+
+
+def _rows_without_timings(workdir):
+  rows = [{k: v for k, v in r.items() if k not in _TIMINGS} for r in metrics_rows(workdir)]
+  return [r for r in rows if len(r) > 1]
+
+
+@pytest.mark.parametrize('stop', ['preempted', 'killed'])
+def test_a_stop_between_a_save_and_its_evaluations_evaluates_that_step_on_resume(
+    tmp_path, demo_dir, monkeypatch, stop):
+  from trainer import evaluations  # pylint: disable=g-import-not-at-top
+  flags = dict(log_every_steps=1, eval_every_steps=2, eval_at_end=True,
+               **{'evals.retrieval.every_steps': 0})
+  whole = tmp_path / 'whole'
+  train.train_and_evaluate(_config(demo_dir, 4, **flags), str(whole))
+  stopped = tmp_path / 'stopped'
+  run = evaluations.Evaluations.run
+
+  def dies_at_2(self, state, step, names=None):
+    if step == 2 and names:
+      raise RuntimeError('killed during the evaluation of step 2')
+    return run(self, state, step, names)
+
+  with monkeypatch.context() as patch:
+    if stop == 'preempted':  # SIGTERM during step 2: saved and stopped before evaluating
+      patch.setattr(preemption.Notice, 'reached', lambda self, step: step == 2)
+      with pytest.raises(preemption.Preempted):
+        train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
+    else:  # killed while evaluating step 2, its checkpoint written
+      patch.setattr(evaluations.Evaluations, 'run', dies_at_2)
+      with pytest.raises(RuntimeError, match='killed'):
+        train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
+  assert 2 in _steps(stopped / 'checkpoints')
+  train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
+  assert _rows_without_timings(stopped) == _rows_without_timings(whole)
+  assert sum('zeroshot/top1' in r for r in metrics_rows(stopped)) == 2  # steps 2 and 4, once

@@ -174,9 +174,12 @@ class Checkpointer:
   """The run's own checkpoints as its loop writes them: asynchronous saves (orbax), each
   failure turned into SaveFailed, and the step of the last one written."""
 
-  def __init__(self, manager: ocp.CheckpointManager):
+  def __init__(self, manager: ocp.CheckpointManager, flush_metrics=lambda: None):
+    """`flush_metrics` writes out the metrics held back, before each save: what a run
+    resumed from a checkpoint does not write again is on disk when the checkpoint is."""
     self.manager = manager
     self.last_saved = manager.latest_step()
+    self._flush_metrics = flush_metrics
 
   @property
   def directory(self) -> str:
@@ -185,6 +188,7 @@ class Checkpointer:
   def save(self, state: TrainState, run_state: dict):
     """Starts saving `state` at its step; training waits only for the copy to the host."""
     step = int(state.step)
+    self._flush_metrics()
     started = time.time()
     saving(self.manager, save_checkpoint, self.manager, state, run_state)
     console.detail('Checkpoint %d: training waited %.2f s (the write goes on in the '

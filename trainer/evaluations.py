@@ -6,7 +6,10 @@ import time
 from typing import Any, Dict, List
 
 from absl import logging
+from jax.experimental import multihost_utils
+import numpy as np
 
+from trainer import metric_writers
 from trainer.cadence import Cadence
 
 # Evaluation results that count things, printed as whole numbers.
@@ -28,6 +31,16 @@ class Evaluations:
   def due(self, step: int, cadence: Cadence) -> List[str]:
     return [name for name, (ecfg, _) in self.built.items()
             if cadence.evaluation_due(step, ecfg.every_steps)]
+
+  def unwritten(self, step: int, cadence: Cadence, workdir) -> List[str]:
+    """The evaluations due at `step` whose rows metrics.jsonl lacks (a run stopped after the
+    checkpoint of `step` and before them). Process 0's file decides for every host."""
+    due = self.due(step, cadence)
+    if not due:
+      return []
+    written = [metric_writers.evaluated_at(workdir, step, [name]) for name in due]
+    written = multihost_utils.broadcast_one_to_all(np.asarray(written, bool))
+    return [name for name, done in zip(due, np.ravel(written)) if not done]
 
   def run(self, state, step: int, names=None) -> Dict[str, float]:
     """Runs the evaluations `names` (all by default) on `state`; writes and returns their

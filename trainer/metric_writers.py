@@ -8,6 +8,7 @@ from clu import metric_writers
 from clu.metric_writers import interface
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2
 
 from trainer import workdir as workdir_lib
 
@@ -116,6 +117,32 @@ def evaluated_at(workdir: workdir_lib.Workdir, step: int, names) -> bool:
              for row in read_rows(workdir.metrics_jsonl))
 
 
+def drop_events_after(folder: str, step: int):
+  """Rewrites the TensorBoard event files in `folder` without their events after `step`: a
+  run resumed at `step` writes those again, and TensorBoard would show both (it purges
+  only at a session-start event, which tf.summary does not write). A record cut short by a
+  kill is dropped too."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  for path in sorted(tf.io.gfile.glob(os.path.join(folder, 'events.out.tfevents.*'))):
+    kept, dropped = [], 0
+    records = tf.data.TFRecordDataset(path).as_numpy_iterator()
+    try:
+      for record in records:
+        event = event_pb2.Event.FromString(record)
+        if event.step > step and event.HasField('summary'):
+          dropped += 1
+        else:
+          kept.append(record)
+    except tf.errors.DataLossError:  # the last record, cut short
+      dropped += 1
+    if dropped:
+      temporary = f'{path}.tmp-{os.getpid()}'
+      with tf.io.TFRecordWriter(temporary) as out:
+        for record in kept:
+          out.write(record)
+      tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
 class RunWriter(metric_writers.MultiWriter):
   """Log file, TensorBoard and metrics.jsonl; `tensorboard` alone also gets the run's config.
 
@@ -127,6 +154,8 @@ class RunWriter(metric_writers.MultiWriter):
   def __init__(self, workdir: workdir_lib.Workdir, start_step: Optional[int] = None,
                again: bool = False):
     self.workdir = workdir.root
+    if start_step is not None and not again:
+      drop_events_after(workdir.root, start_step)
     self.tensorboard = metric_writers.SummaryWriter(
         workdir.reevaluated if again else workdir.root)
     super().__init__([metric_writers.LoggingWriter(), self.tensorboard,
