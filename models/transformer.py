@@ -172,10 +172,11 @@ class Attention(nn.Module):
     query, key, value = (place(project(name), ('batch', 'length', 'heads', 'kv'))
                          for name in ('query', 'key', 'value'))
     dropout = self.dropout_rate > 0 and not self.deterministic
+    weights = None
     if self.implementation == 'einsum' or dropout:
       weights = self._weights(query, key, key_mask, head_dim)
-      weights = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
-      out = jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+      dropped = nn.Dropout(self.dropout_rate)(weights, deterministic=self.deterministic)
+      out = jnp.einsum('bhqk,bkhd->bqhd', dropped, value)
     elif self.implementation == 'cudnn':
       out = fused_attention(query, key, value, key_mask, self.causal, 'cudnn', CUDNN_PAD_TO)
     else:
@@ -185,7 +186,9 @@ class Attention(nn.Module):
     out = place(HeadsDense((width,), 2, ('heads', 'kv', 'embed'), ('embed',), self.dtype,
                            name='out')(out), TOKENS)
     if self.cls_attention:
-      return out, self._class_token_attention(query, key, key_mask, head_dim)
+      if weights is None:  # the fused kernel gives none: the class token's query alone
+        weights = self._weights(query[:, :1], key, key_mask, head_dim)
+      return out, weights[:, :, 0, 1:].astype(jnp.float32).mean(axis=1)
     return out
 
   def _mask(self, key_mask, queries, keys):
@@ -204,18 +207,6 @@ class Attention(nn.Module):
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     return jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-
-  def _class_token_attention(self, query, key, key_mask, head_dim):
-    """The class token's attention weights to the other tokens, averaged over heads."""
-    logits = jnp.einsum('bhd,bkhd->bhk', query[:, 0], key) / jnp.sqrt(head_dim).astype(
-        self.dtype)
-    logits = logits.astype(jnp.float32)
-    if key_mask is not None:
-      logits = jnp.where(key_mask[:, None, :], logits, jnp.finfo(jnp.float32).min)
-    if self.causal:  # the class token sees only itself
-      logits = jnp.where(jnp.arange(key.shape[1]) == 0, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
-    return weights[:, :, 1:].astype(jnp.float32).mean(axis=1)
 
 
 class MlpBlock(nn.Module):

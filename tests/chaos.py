@@ -24,9 +24,8 @@ import time
 
 import numpy as np
 
-from tests.conftest import ROOT, cpu_devices, main_command
+from tests.conftest import ROOT, TIMINGS, cpu_devices, main_command, rows_without_timings
 
-TIMINGS = ('images_per_sec', 'input_wait_fraction', 'steps_per_sec', 'uptime')
 TOTAL_STEPS, SAVE_EVERY, EVAL_EVERY = 20, 2, 4
 FLAGS = (f'--config.total_steps={TOTAL_STEPS}', f'--config.checkpoint_every_steps={SAVE_EVERY}',
          f'--config.eval_every_steps={EVAL_EVERY}', '--config.evals.retrieval.every_steps=6',
@@ -35,16 +34,6 @@ FLAGS = (f'--config.total_steps={TOTAL_STEPS}', f'--config.checkpoint_every_step
 # line (the save and evaluations of s follow), its checkpoint (its evaluations follow), the
 # first of its evaluations (the others and its pictures follow).
 PHASES = {'training': 'step {s}/', 'saving': 'Checkpoint {s}:', 'evaluating': ' at step {s}:'}
-
-
-def _rows(workdir):
-  rows = []
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    for line in f:
-      row = {k: v for k, v in json.loads(line).items() if k not in TIMINGS}
-      if len(row) > 1:
-        rows.append(row)
-  return rows
 
 
 def _scalars(workdir):
@@ -144,7 +133,7 @@ def run(demo_dir, out, kills=8, seed=0, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
   assert done.returncode == 0, done.stderr[-3000:]
   differences = []
-  if _rows(whole) != _rows(chaos):
+  if rows_without_timings(whole) != rows_without_timings(chaos):
     differences.append('metrics.jsonl rows')
   if _scalars(whole) != _scalars(chaos):
     differences.append('TensorBoard scalars')

@@ -85,3 +85,13 @@ def metrics_rows(workdir):
   """The JSON objects a run appended to WORKDIR/metrics.jsonl, in order."""
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line) for line in f]
+
+
+# Metrics that time the machine: they differ between any two runs.
+TIMINGS = ('images_per_sec', 'input_wait_fraction', 'steps_per_sec', 'uptime')
+
+
+def rows_without_timings(workdir):
+  """metrics_rows with the timings left out, and the rows that held only timings."""
+  rows = [{k: v for k, v in r.items() if k not in TIMINGS} for r in metrics_rows(workdir)]
+  return [r for r in rows if len(r) > 1]

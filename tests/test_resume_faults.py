@@ -12,7 +12,7 @@ import time
 import pytest
 
 from input_pipeline import training_pairs
-from tests.conftest import metrics_rows, micro_config
+from tests.conftest import metrics_rows, micro_config, rows_without_timings
 import train
 from trainer import checkpoints
 from trainer import metric_writers
@@ -230,14 +230,6 @@ def test_eval_only_with_nothing_to_evaluate_names_the_workdir(tmp_path, demo_dir
     train.train_and_evaluate(_config(demo_dir, 2, eval_only=True), str(tmp_path / 'empty'))
 
 
-_TIMINGS = ('images_per_sec', 'input_wait_fraction', 'steps_per_sec', 'uptime')
-
-
-def _rows_without_timings(workdir):
-  rows = [{k: v for k, v in r.items() if k not in _TIMINGS} for r in metrics_rows(workdir)]
-  return [r for r in rows if len(r) > 1]
-
-
 @pytest.mark.parametrize('stop', ['preempted', 'killed'])
 def test_a_stop_between_a_save_and_its_evaluations_evaluates_that_step_on_resume(
     tmp_path, demo_dir, monkeypatch, stop):
@@ -265,5 +257,5 @@ def test_a_stop_between_a_save_and_its_evaluations_evaluates_that_step_on_resume
         train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
   assert 2 in _steps(stopped / 'checkpoints')
   train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
-  assert _rows_without_timings(stopped) == _rows_without_timings(whole)
+  assert rows_without_timings(stopped) == rows_without_timings(whole)
   assert sum('zeroshot/top1' in r for r in metrics_rows(stopped)) == 2  # steps 2 and 4, once

@@ -38,8 +38,8 @@ class Evaluations:
     due = self.due(step, cadence)
     if not due:
       return []
-    written = [metric_writers.evaluated_at(workdir, step, [name]) for name in due]
-    written = multihost_utils.broadcast_one_to_all(np.asarray(written, bool))
+    evaluated = metric_writers.evaluated_names(workdir, step)
+    written = multihost_utils.broadcast_one_to_all(np.asarray([n in evaluated for n in due]))
     return [name for name, done in zip(due, np.ravel(written)) if not done]
 
   def run(self, state, step: int, names=None) -> Dict[str, float]:

@@ -110,11 +110,16 @@ def read_rows(path: str):
   return rows
 
 
+def evaluated_names(workdir: workdir_lib.Workdir, step: int) -> set:
+  """The evaluations whose `<name>/<metric>` rows WORKDIR/metrics.jsonl holds at `step`."""
+  return {key.split('/')[0] for row in read_rows(workdir.metrics_jsonl) if row['step'] == step
+          for key in row if '/' in key}
+
+
 def evaluated_at(workdir: workdir_lib.Workdir, step: int, names) -> bool:
-  """Whether WORKDIR/metrics.jsonl holds results of the evaluations `names` at `step`."""
-  prefixes = tuple(f'{name}/' for name in names)
-  return any(row['step'] == step and any(k.startswith(prefixes) for k in row)
-             for row in read_rows(workdir.metrics_jsonl))
+  """Whether WORKDIR/metrics.jsonl holds results of any of the evaluations `names` at
+  `step`."""
+  return bool(evaluated_names(workdir, step) & set(names))
 
 
 def drop_events_after(folder: str, step: int):

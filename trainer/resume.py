@@ -78,20 +78,25 @@ def plan_resume(config, workdir: workdir_lib.Workdir) -> Plan:
     if config.pretrain_dir:
       pretrained.check_pretrained(config.pretrain_dir)
     return Plan(manager, source)
-  newest, back_to = source.latest_step(), config.resume_step
-  went_on = (back_to > 0 and newest != back_to and source is manager and not config.eval_only
-             and (checkpoints.restore_run_state(source, newest) or {}).get(
-                 'rolled_back_to') == back_to)
-  if went_on:  # the same command line, started again after its rollback
+  if (source is manager and not config.eval_only
+      and _went_on_after_going_back(source, config.resume_step)):
+    step = source.latest_step()  # the same command line, started again
     logging.warning('config.resume_step=%d was applied before and the run went on to step %d: '
-                    'it resumes there', back_to, newest)
-  step = newest if went_on else step_to_resume(source, back_to)
+                    'it resumes there', config.resume_step, step)
+  else:
+    step = step_to_resume(source, config.resume_step)
   carried = checkpoints.restore_run_state(source, step) or {}
-  if config.eval_only and source is manager:
-    check_evaluated_as_trained(config, source, step, carried.get('config'))
-  elif not config.eval_only:
-    record_config_changes(config, workdir, source, step, carried.get('config'))
-  return Plan(manager, source, step, carried, carried.get('rolled_back_to'))
+  plan = Plan(manager, source, step, carried, carried.get('rolled_back_to'))
+  if config.eval_only and source is not manager:  # its results go to this workdir alone
+    return plan
+  # The config the checkpoint was trained with; older checkpoints have config.json beside.
+  trained_with = carried.get('config') or saved_config.read(
+      workdir_lib.run_of(str(source.directory)).config_json)
+  if config.eval_only:
+    check_evaluated_as_trained(config, source, step, trained_with)
+  else:
+    record_config_changes(config, workdir, step, trained_with)
+  return plan
 
 
 def restore(plan: Plan, state: TrainState, config) -> Tuple[TrainState, Plan]:
@@ -114,6 +119,16 @@ def restore(plan: Plan, state: TrainState, config) -> Tuple[TrainState, Plan]:
       manager = checkpoints.checkpoint_manager(str(plan.manager.directory), config)
       restored = dataclasses.replace(restored, manager=manager, source=manager)
   return state, restored
+
+
+def _went_on_after_going_back(source: ocp.CheckpointManager, resume_step: int) -> bool:
+  """Whether the newest checkpoint was written by a run that went back to `resume_step`
+  and on from there."""
+  newest = source.latest_step()
+  if resume_step <= 0 or newest == resume_step:
+    return False
+  return (checkpoints.restore_run_state(source, newest) or {}).get(
+      'rolled_back_to') == resume_step
 
 
 def step_to_resume(manager: ocp.CheckpointManager, resume_step: int) -> int:
@@ -204,13 +219,12 @@ def check_resume(config, saved) -> dict:
   return changes
 
 
-def check_evaluated_as_trained(config, source, step: int, saved=None):
+def check_evaluated_as_trained(config, source, step: int, saved):
   """eval_only of a run's own checkpoint: refuses (ConfigChanged) a config whose model,
-  image size, pixel statistics or tokens differ from the ones the checkpoint was trained
-  with, since its rows would go into that run's metrics as if they were its own."""
+  image size, pixel statistics or tokens differ from `saved`, the config the checkpoint was
+  trained with (None: unknown), since its rows would go into that run's metrics as if they
+  were its own."""
   run = workdir_lib.run_of(str(source.directory))
-  if saved is None:
-    saved = saved_config.read(run.config_json)
   if saved is None or config.accept_config_changes:
     return
   changed = {k: v for k, v in changes_since(saved, config).items() if k.startswith(EVALUATED)}
@@ -223,13 +237,10 @@ def check_evaluated_as_trained(config, source, step: int, saved=None):
         '--config.accept_config_changes=True')
 
 
-def record_config_changes(config, workdir: workdir_lib.Workdir, source, step: int,
-                          saved=None):
+def record_config_changes(config, workdir: workdir_lib.Workdir, step: int, saved):
   """Refuses (ConfigChanged) or logs and records in WORKDIR/config_changes.jsonl how the
-  config differs from the one the resumed checkpoint was trained with: `saved`, the config
-  that checkpoint carries, or for older checkpoints the config.json beside them."""
-  if saved is None:
-    saved = saved_config.read(workdir_lib.run_of(str(source.directory)).config_json)
+  config differs from `saved`, the one the resumed checkpoint was trained with (None:
+  unknown)."""
   changes = check_resume(config, saved)
   if not changes or jax.process_index() > 0:
     return

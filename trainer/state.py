@@ -77,17 +77,15 @@ def shardings_of(state: TrainState) -> TrainState:
   return jax.tree.map(lambda x: x.sharding, state)
 
 
-@jax.jit
-def _all_finite(params, opt_state):
-  leaves = [x for x in jax.tree.leaves((params, opt_state))
-            if jnp.issubdtype(x.dtype, jnp.floating)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
-
-
-@jax.jit
-def _leaves_finite(tree):
+def _finite_flags(tree):
+  """Per leaf: whether it holds no NaN or infinity (leaves that are not floats do not)."""
   return jax.tree.map(lambda x: jnp.all(jnp.isfinite(x)) if jnp.issubdtype(
       x.dtype, jnp.floating) else jnp.bool_(True), tree)
+
+
+_leaves_finite = jax.jit(_finite_flags)
+# One flag for the whole tree, reduced on the device: the check before every save.
+_all_finite = jax.jit(lambda tree: jnp.all(jnp.stack(jax.tree.leaves(_finite_flags(tree)))))
 
 
 def non_finite_names(tree, prefix: str = ''):
@@ -100,4 +98,4 @@ def non_finite_names(tree, prefix: str = ''):
 def is_finite(state: TrainState) -> bool:
   """Whether every float in the parameters and the optimiser state is finite: a checkpoint
   is never written from a state that a non-finite learning rate or update has spoilt."""
-  return bool(_all_finite(state.params, state.opt_state))
+  return bool(_all_finite((state.params, state.opt_state)))
