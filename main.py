@@ -41,7 +41,7 @@ def define_flags(flag_values=FLAGS, argv=None):
                     'slice, SLURM, Open MPI or JAX_COORDINATOR_ADDRESS).',
                     flag_values=flag_values)
   flags.DEFINE_bool('traceback', False, 'Show the full traceback of an error instead of its '
-                    'one-line message.', flag_values=flag_values)
+                    'one-line message (as --verbosity=1 does).', flag_values=flag_values)
   flags.mark_flags_as_required(['workdir', 'config'], flag_values=flag_values)
 
 
@@ -152,9 +152,9 @@ def main(argv):
       _exit_with(str(e), e.exit_status)
     if isinstance(e, train.Interrupted):
       _exit_with(f'interrupted: {e}', 130)
-    if FLAGS.traceback or not isinstance(e, user_errors()):
+    if FLAGS.traceback or FLAGS.verbosity >= 1 or not isinstance(e, user_errors()):
       raise
-    _exit_with(f'error: {e} (--traceback shows where it was raised)')
+    _exit_with(f'error: {e} (--verbosity=1 shows where it was raised)')
 
 
 if __name__ == '__main__':

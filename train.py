@@ -40,6 +40,9 @@ from trainer import state as state_lib
 from trainer import step as step_lib
 from trainer import workdir as workdir_lib
 
+# The TensorBoard image of the masks on training examples.
+PICTURES = 'masked_examples'
+
 
 class Interrupted(Exception):
   """A second Ctrl-C stopped training at once; the message says what was saved."""
@@ -147,8 +150,7 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
   # On their own thread: a notice is answered even while the input is stalled.
   feeder = feeder_lib.Feeder(itertools.chain([first_batch], batches))
   # Shown masked in TensorBoard every vis_every_epochs.
-  examples = {k: first_batch[k][:8] for k in ('image', 'views', 'crop_boxes')
-              if k in first_batch}
+  examples = mask_pictures.training_examples(first_batch, workdir, resumed=plan.resumes)
   step_fn = step_lib.jit_train_step(config, parts.model, policy, parts.objective, state,
                                     parts.mesh)
   logging.info('Training steps %d..%d, batch %d, %s; compiling the first step...',
@@ -163,6 +165,9 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
   if plan.resumes and plan.source is plan.manager:  # stopped between a save and its evaluations
     results.update(evaluations.run(state, start_step,
                                    evaluations.unwritten(start_step, cadence, workdir)))
+    if cadence.pictures_due(start_step) and not metric_writers.written_at_start(
+        writer, PICTURES):
+      _draw_pictures(writer, parts, policy, state, examples, start_step)
   started_at, step = time.time(), start_step
   with preemption.Notice() as notice:
     try:
@@ -197,8 +202,7 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
             results.update(evaluations.run(state, step, due))
           window.resume_clock()  # evaluation is not training time
         if cadence.pictures_due(step):
-          writer.write_images(step, {'masked_examples': mask_pictures.example_grid(
-              parts.model, policy, state, examples, parts.eval_rng, parts.mesh)[None]})
+          _draw_pictures(writer, parts, policy, state, examples, step)
     except KeyboardInterrupt as e:  # a second Ctrl-C: stop at once, saying where things are
       _finish_after_error(checkpointer, writer)
       intact = checkpointer.manager.latest_step()
@@ -264,6 +268,11 @@ def _stop_unless_finite(window: LogWindow, checkpointer, step: int, state=None):
   logging.error('Training stopped: the loss or the model\'s state became NaN or infinite '
                 'by step %d; nothing after it was saved; %s.', step, where)
   raise NonFiniteLossError(f'non-finite loss or state by step {step}; {where}')
+
+
+def _draw_pictures(writer, parts: Parts, policy, state, examples, step: int):
+  writer.write_images(step, {PICTURES: mask_pictures.example_grid(
+      parts.model, policy, state, examples, parts.eval_rng, parts.mesh)[None]})
 
 
 def _save(state, window: LogWindow, checkpointer, progress, carried: dict):

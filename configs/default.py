@@ -181,7 +181,9 @@ def get_config():
   # laion_path, samples_per_epoch, the seeds, shuffle_buffer, num_parallel_reads: each
   # changes the data stream) is refused with the list of changes unless
   # this is True; other changes (steps, schedule, evaluations, logging) are logged and
-  # recorded in WORKDIR/config_changes.jsonl either way.
+  # recorded in WORKDIR/config_changes.jsonl either way. Likewise eval_only of a checkpoint
+  # trained with another model, and pretrain_dir's open_clip folder whose
+  # open_clip_config.json describes another model than this config.
   config.accept_config_changes = False
 
   # --- Partitioning -------------------------------------------------------

@@ -21,11 +21,17 @@ from absl import logging
 import numpy as np
 
 from foreign_weights import layout
+from foreign_weights import whole_folder
 from models.vit import sincos_2d
 
 CONFIG_FILE = 'open_clip_config.json'
 SAFETENSORS_FILE = 'open_clip_model.safetensors'
 PYTORCH_FILE = 'open_clip_pytorch_model.bin'
+TOKENIZER_FILE = 'tokenizer.json'
+TOKENIZER_CONFIG_FILE = 'tokenizer_config.json'
+# What an export writes (the config first: it marks a folder as one); nothing else is kept.
+EXPORT_FILES = (CONFIG_FILE, SAFETENSORS_FILE, PYTORCH_FILE, TOKENIZER_FILE,
+                TOKENIZER_CONFIG_FILE)
 PICKLE_SUFFIXES = ('.pt', '.bin', '.pth')
 SUFFIXES = PICKLE_SUFFIXES + ('.safetensors',)
 
@@ -326,8 +332,13 @@ def model_config(config) -> dict:
   if not txt.causal:
     text['no_causal_mask'] = True
   if config.aug.txt.tokenizer == 'tf_bert':
-    # open_clip's tokenizer for it; FLIP's ids leave out [CLS] unless aug.txt.cls_token.
-    text['hf_tokenizer_name'] = 'bert-base-uncased'
+    # open_clip reads a `local-dir:` folder's own tokenizer files (tokenizer_files) whatever
+    # the name says. Elsewhere (a Hub copy) the name is what open_clip loads: BERT's own
+    # tokenizer gives the trained ids only when they have [CLS] and [SEP]; otherwise the
+    # name says where the right one is, and loading it by name fails rather than misleads.
+    txt_cfg = config.aug.txt
+    text['hf_tokenizer_name'] = ('bert-base-uncased' if txt_cfg.cls_token and txt_cfg.sep_token
+                                 else 'the tokenizer.json of this folder')
   model_cfg = {'embed_dim': clr.proj_dim_out, 'vision_cfg': vision, 'text_cfg': text}
   if config.model.activation == 'quick_gelu':
     model_cfg['quick_gelu'] = True
@@ -340,20 +351,149 @@ def preprocess_config(config) -> dict:
           'size': config.image_size, 'interpolation': 'bicubic', 'resize_mode': 'shortest'}
 
 
+# --- An open_clip folder's own config ---------------------------------------------------------
+
+# open_clip's defaults for the model_cfg and preprocess_cfg keys that are not falsy (its
+# CLIPVisionCfg and CLIPTextCfg, open_clip/model.py; OPENAI_DATASET_MEAN and _STD).
+_OPEN_CLIP_DEFAULTS = {
+    'vision_cfg.layers': 12, 'vision_cfg.width': 768, 'vision_cfg.head_width': 64,
+    'vision_cfg.mlp_ratio': 4.0, 'vision_cfg.patch_size': 16, 'vision_cfg.pool_type': 'tok',
+    'vision_cfg.pos_embed_type': 'learnable', 'text_cfg.vocab_size': 49408,
+    'text_cfg.width': 512, 'text_cfg.heads': 8, 'text_cfg.layers': 12,
+    'text_cfg.mlp_ratio': 4.0, 'text_cfg.pool_type': 'argmax', 'text_cfg.proj_type': 'linear',
+    'vision_cfg.norm_kwargs.eps': 1e-5, 'text_cfg.norm_kwargs.eps': 1e-5,
+    'vision_cfg.act_kwargs.approximate': 'none', 'text_cfg.act_kwargs.approximate': 'none',
+    'preprocess_cfg.mean': [0.48145466, 0.4578275, 0.40821073],
+    'preprocess_cfg.std': [0.26862954, 0.26130258, 0.27577711],
+}
+# Keys that do not change what the weights compute once loaded: training-only settings, the
+# tokenizer's (open_clip builds it from the same folder), sizes that loading resamples or
+# cuts (positions), and the settings of options flagged by their own key (timm, HF towers).
+_NOT_COMPUTED = ('patch_dropout', 'output_tokens', 'hf_tokenizer_name', 'tokenizer_kwargs',
+                 'tokenizer_mode', 'context_length', 'image_size', 'eos_id', 'pad_id',
+                 'attn_pooler_queries', 'attn_pooler_heads', 'init_logit_scale', 'cast_dtype',
+                 'custom_text', 'block_type', 'timm_model_pretrained', 'timm_pool', 'timm_proj',
+                 'timm_proj_bias', 'timm_drop', 'timm_drop_path', 'hf_model_pretrained',
+                 'hf_proj_type', 'hf_pooler_type', 'interpolation', 'resize_mode', 'size',
+                 'fill_color')
+# The config field that sets each key here.
+_OUR_FIELD = {
+    'embed_dim': 'model.clr.proj_dim_out', 'quick_gelu': 'model.activation',
+    'act_kwargs.approximate': 'model.activation', 'norm_kwargs.eps': 'model.norm_eps',
+    'vision_cfg.width': 'model.model_img.hidden_size',
+    'vision_cfg.layers': 'model.model_img.transformer.num_layers',
+    'vision_cfg.head_width': 'model.model_img.transformer.num_heads',
+    'vision_cfg.mlp_ratio': 'model.model_img.transformer.mlp_dim',
+    'vision_cfg.patch_size': 'model.model_img.patches.size',
+    'vision_cfg.pool_type': 'model.clr.img_avg_token',
+    'vision_cfg.no_ln_pre': 'model.model_img.pre_norm',
+    'text_cfg.width': 'model.model_txt.hidden_size',
+    'text_cfg.layers': 'model.model_txt.transformer.num_layers',
+    'text_cfg.heads': 'model.model_txt.transformer.num_heads',
+    'text_cfg.mlp_ratio': 'model.model_txt.transformer.mlp_dim',
+    'text_cfg.vocab_size': 'model.model_txt.vocab_size',
+    'text_cfg.pool_type': 'model.model_txt.pool',
+    'text_cfg.no_causal_mask': 'model.model_txt.causal',
+    'preprocess_cfg.mean': 'aug.pixel_mean', 'preprocess_cfg.std': 'aug.pixel_std',
+}
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict) and value:
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _same(a, b) -> bool:
+  if isinstance(a, (list, tuple)) or isinstance(b, (list, tuple)):
+    return (isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b)))
+  numbers = (int, float)
+  if isinstance(a, numbers) and isinstance(b, numbers) and not isinstance(a, bool):
+    return bool(np.isclose(a, b, rtol=1e-6, atol=0))
+  return a == b or (not a and not b)  # absent, None, False, 0 and {} alike
+
+
+def folder_config_differences(folder: str, config) -> list:
+  """What FOLDER/open_clip_config.json describes otherwise than `config` would build: one
+  line per key naming both values and the config field (empty when they agree, or when the
+  folder has no such file)."""
+  path = os.path.join(folder, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return []
+  try:
+    with open(path) as f:
+      theirs = json.load(f)
+    theirs = {'preprocess_cfg': {}, **theirs}
+    theirs = _flat({**theirs['model_cfg'], 'preprocess_cfg': theirs['preprocess_cfg']})
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'{path} is not an open_clip config ({type(e).__name__}: {e}); expected '
+                     'a JSON object with model_cfg') from e
+  try:
+    ours = _flat({**model_config(config), 'preprocess_cfg': {
+        'mean': list(config.aug.pixel_mean), 'std': list(config.aug.pixel_std)}})
+  except ExportError as e:
+    return [f'this config is no open_clip model: {e}']
+  lines = []
+  for key in sorted(theirs.keys() | ours.keys()):
+    if key.split('.')[-1] in _NOT_COMPUTED or key.split('.')[0] in _NOT_COMPUTED:
+      continue
+    there = theirs.get(key, _OPEN_CLIP_DEFAULTS.get(key))
+    here = ours.get(key, _OPEN_CLIP_DEFAULTS.get(key))
+    if isinstance(there, bool) or isinstance(here, bool):  # an option's absence is its off
+      there, here = bool(there), bool(here)
+    if not _same(there, here):
+      field = _OUR_FIELD.get(key) or _OUR_FIELD.get(key.split('.', 1)[-1])
+      sets = f' (config.{field})' if field else ' (this project has no such option)'
+      lines.append(f'{key}: {there!r} there, {here!r} here{sets}')
+  return lines
+
+
+def tokenizer_files(config) -> Dict[str, str]:
+  """{file name: text} of the tokenizer an export carries: none for CLIP's BPE (open_clip's
+  own); for WordPiece, Hugging Face's files giving the ids the model trained with, which
+  open_clip reads from a `local-dir:` folder (test_open_clip checks the ids)."""
+  if config.aug.txt.tokenizer != 'tf_bert':
+    return {}
+  from input_pipeline import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+  txt = config.aug.txt
+  wordpiece = tokenizer_lib.BertTokenizer(txt.max_len, txt.cls_token, txt.sep_token)
+  settings = {'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': txt.max_len,
+              'pad_token': '[PAD]', 'unk_token': '[UNK]', 'cls_token': '[CLS]',
+              'sep_token': '[SEP]', 'mask_token': '[MASK]'}
+  return {TOKENIZER_FILE: wordpiece.hugging_face().to_str(),
+          TOKENIZER_CONFIG_FILE: json.dumps(settings, indent=2)}
+
+
 def export(params, config, out_dir: str) -> Dict[str, str]:
-  """Writes OUT/open_clip_config.json and OUT/open_clip_model.safetensors; returns their
-  paths. Refuses (ExportError) before writing anything when open_clip cannot express the
-  model."""
+  """Writes OUT/open_clip_config.json, OUT/open_clip_model.safetensors and, for WordPiece,
+  the tokenizer's files; returns their paths. Refuses (ExportError) before writing anything
+  when open_clip cannot express the model. The folder is replaced whole, under a lock
+  (foreign_weights/whole_folder.py): a second export to it at the same time is refused, and
+  an interrupted one leaves the previous export as it was."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   model_cfg = model_config(config)
   state = from_params(params, config)
+  tokenizer = tokenizer_files(config)
   if config.model.activation == 'gelu_tanh':
     logging.info('The export uses open_clip\'s nn.GELU(approximate="tanh"): FLIP\'s GELU')
-  os.makedirs(out_dir, exist_ok=True)
+
+  def write(folder):
+    with open(os.path.join(folder, CONFIG_FILE), 'w') as f:
+      json.dump({'model_cfg': model_cfg, 'preprocess_cfg': preprocess_config(config)}, f,
+                indent=2)
+    save_file(state, os.path.join(folder, SAFETENSORS_FILE), metadata={'format': 'pt'})
+    for name, text in tokenizer.items():
+      with open(os.path.join(folder, name), 'w', encoding='utf-8') as f:
+        f.write(text)
+
+  whole_folder.replace(out_dir, write, EXPORT_FILES)
   paths = {'config': os.path.join(out_dir, CONFIG_FILE),
            'weights': os.path.join(out_dir, SAFETENSORS_FILE)}
-  with open(paths['config'], 'w') as f:
-    json.dump({'model_cfg': model_cfg, 'preprocess_cfg': preprocess_config(config)}, f,
-              indent=2)
-  save_file(state, paths['weights'], metadata={'format': 'pt'})
+  if tokenizer:
+    paths['tokenizer'] = os.path.join(out_dir, TOKENIZER_FILE)
   return paths

@@ -28,6 +28,10 @@ VOCAB_PATH = VOCAB_DIR / 'bert_base_uncased_vocab.txt'
 BPE_PATH = VOCAB_DIR / 'clip_bpe_simple_vocab_16e6.txt.gz'
 PAD_ID = 0
 
+# Control characters at which TensorFlow Text's BERT tokenizer splits words (tab, newline and
+# carriage return are whitespace to both libraries).
+_SPLITTING_CONTROLS = '[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]'
+
 
 class BertTokenizer:
   """Maps strings to int32 ids [..., max_len]: [[CLS]] wordpieces [[SEP]], padded with 0.
@@ -42,6 +46,7 @@ class BertTokenizer:
     if not vocab_path.is_file():
       raise FileNotFoundError(f'WordPiece vocabulary not found: {vocab_path}')
     vocab = vocab_path.read_text(encoding='utf-8').splitlines()
+    self._vocab = vocab
     self.vocab_size = len(vocab) + 1
     self.max_len = max_len
     self.cls_token, self.sep_token = cls_token, sep_token
@@ -62,6 +67,40 @@ class BertTokenizer:
       ids = tf.concat([ids, tf.fill([rows, 1], self._sep_id)], axis=1)
     ids = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
     return ids[0] if scalar else ids
+
+  def hugging_face(self) -> tokenizers.Tokenizer:
+    """The same ids from Hugging Face's `tokenizers` (what an open_clip export carries):
+    called with max_length=max_len, truncation and padding to max_length.
+
+    TensorFlow Text lower-cases by NFKC case folding, where Hugging Face's BERT normalizer
+    lower-cases alone, and splits words at control characters, which Hugging Face's drops:
+    the normalizers below do both its way first. (A line or paragraph separator, U+2028 and
+    U+2029, still parts them: TensorFlow Text reads the word around it as unknown.)
+    """
+    vocab = self._vocab
+    normalizers = tokenizers.normalizers
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.WordPiece(
+        {token: i for i, token in enumerate(vocab)}, unk_token='[UNK]',
+        max_input_chars_per_word=100))
+    tokenizer.normalizer = normalizers.Sequence([
+        normalizers.Replace(tokenizers.Regex(_SPLITTING_CONTROLS), ' '),
+        # The case foldings that NFKC followed by lower-casing lacks.
+        normalizers.Replace(tokenizers.Regex('[\u00df\u1e9e]'), 'ss'),
+        normalizers.Replace('\u03c2', '\u03c3'),
+        normalizers.NFKD(),
+        normalizers.Replace('\u0345', '\u03b9'),  # the iota written below a Greek vowel
+        normalizers.NFKC(),
+        normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
+                                   strip_accents=True, lowercase=True)])
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = tokenizers.decoders.WordPiece()
+    marks = [name for name, used in (('[CLS]', self.cls_token), ('[SEP]', self.sep_token))
+             if used]
+    tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single=' '.join(['[CLS]'] * self.cls_token + ['$A'] + ['[SEP]'] * self.sep_token),
+        special_tokens=[(name, vocab.index(name)) for name in marks])
+    tokenizer.add_special_tokens(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]'])
+    return tokenizer
 
 
 def _byte_symbols():

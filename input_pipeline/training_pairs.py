@@ -1,7 +1,7 @@
 """Training image-caption pairs from img2dataset shards: TFRecord or webdataset `.tar`.
 
-Each host reads its own slice of the shard files. Records whose image or text cannot be
-decoded are dropped and counted: every batch carries, per example, how many records were
+Each host reads its own slice of the shard files. Records whose image cannot be decoded, or
+whose caption is missing, empty or not UTF-8, are dropped and counted: every batch carries, per example, how many records were
 skipped just before it in the stream, so that the sum over batches is the exact total.
 """
 
@@ -187,6 +187,16 @@ def _parse_tfrecord(record):
   return features['jpg'], features['txt']
 
 
+def _usable_caption(text):
+  """`text`, or an error that skips (and counts) its record: a caption that is missing,
+  empty, whitespace alone or not UTF-8 would train the image against no words or wrong ones.
+  """
+  text = tf.strings.unicode_transcode(text, 'UTF-8', 'UTF-8', errors='strict')
+  words = tf.strings.length(tf.strings.strip(text))
+  with tf.control_dependencies([tf.debugging.assert_positive(words, 'a caption of no words')]):
+    return tf.identity(text)
+
+
 def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
                   process_count: int = 1, seed: int = 0, start_position: int = 0,
                   deterministic: bool = True) -> tf.data.Dataset:
@@ -215,6 +225,7 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
       image_bytes, text = _parse_tfrecord(example['record'])
     else:
       image_bytes, text = example['jpg'], example['txt']
+    text = _usable_caption(text)
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])
     crop = (tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip, aug.crop_ver)
     if separate_views:

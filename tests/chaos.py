@@ -6,11 +6,11 @@ Trains the tests' micro run once without interruption, then the same command kil
 --kills times at seeded random moments and started again after each kill until it
 finishes. Each moment is drawn: a step ahead of the run, what it is doing there (training
 it, saving its checkpoint or evaluating it: the kill follows the log line that starts
-that, by 0-0.3 s, drawn too) and the signal (SIGKILL or SIGTERM). Compares the two: every metrics.jsonl row (timings
-aside), the TensorBoard scalars as TensorBoard loads them (timings aside), and the last
-checkpoint's parameters, optimiser state and EMA teacher, bit for bit. Prints one JSON
-object: the kills by signal and by what the run was doing, and the differences found
-(none expected).
+that, by 0-0.3 s, drawn too) and the signal (SIGKILL or SIGTERM). Compares the two: every
+metrics.jsonl row (timings aside), the TensorBoard scalars and pictures as TensorBoard
+loads them (timings aside), and the last checkpoint's parameters, optimiser state and EMA
+teacher, bit for bit. Prints one JSON object: the kills by signal and by what the run was
+doing, and the differences found (none expected).
 """
 
 import argparse
@@ -36,8 +36,9 @@ FLAGS = (f'--config.total_steps={TOTAL_STEPS}', f'--config.checkpoint_every_step
 PHASES = {'training': 'step {s}/', 'saving': 'Checkpoint {s}:', 'evaluating': ' at step {s}:'}
 
 
-def _scalars(workdir):
-  """{tag: [(step, value)]} as TensorBoard's loader reads the workdir's event files."""
+def _summaries(workdir, plugin: str):
+  """{tag: [(step, value)]} of one kind ('scalars' or 'images') as TensorBoard's loader reads
+  the workdir's event files (timings aside)."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
   loader = event_accumulator.EventAccumulator(
       str(workdir), size_guidance={event_accumulator.TENSORS: 0,
@@ -46,8 +47,8 @@ def _scalars(workdir):
   out = {}
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   for tag in loader.Tags()['tensors']:
-    scalar = loader.SummaryMetadata(tag).plugin_data.plugin_name == 'scalars'
-    if scalar and tag.split('/')[-1] not in TIMINGS:
+    kind = loader.SummaryMetadata(tag).plugin_data.plugin_name
+    if kind == plugin and tag.split('/')[-1] not in TIMINGS:
       out[tag] = [(e.step, tf.make_ndarray(e.tensor_proto).tolist())
                   for e in loader.Tensors(tag)]
   return out
@@ -135,8 +136,9 @@ def run(demo_dir, out, kills=8, seed=0, timeout=600):
   differences = []
   if rows_without_timings(whole) != rows_without_timings(chaos):
     differences.append('metrics.jsonl rows')
-  if _scalars(whole) != _scalars(chaos):
-    differences.append('TensorBoard scalars')
+  for kind in ('scalars', 'images'):
+    if _summaries(whole, kind) != _summaries(chaos, kind):
+      differences.append(f'TensorBoard {kind}')
   differences += _differences(_state(whole), _state(chaos), f'checkpoint {TOTAL_STEPS}')
   summary = {'kills': len(killed),
              'by_signal': {s: sum(k['signal'] == s for k in killed)

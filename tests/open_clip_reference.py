@@ -79,7 +79,7 @@ def tokenize(args):
   import open_clip  # pylint: disable=g-import-not-at-top
   with open(args.captions) as f:
     captions = json.load(f)
-  tokenizer = open_clip.get_tokenizer('ViT-B-16')
+  tokenizer = open_clip.get_tokenizer(args.model[0])
   np.savez(args.out, ids=tokenizer(captions).numpy())
 
 

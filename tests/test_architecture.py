@@ -13,7 +13,7 @@ MAY_IMPORT = {
     'configs': set(),
     'models': set(),
     'input_pipeline': set(),
-    'foreign_weights': {'models'},
+    'foreign_weights': {'models', 'input_pipeline'},
     'trainer': {'masking', 'models', 'input_pipeline', 'foreign_weights', 'configs'},
     'evaluators': {'masking', 'models', 'input_pipeline', 'trainer'},
     'train': {'masking', 'models', 'input_pipeline', 'trainer', 'evaluators'},

@@ -105,6 +105,43 @@ def test_corrupt_webdataset_samples_are_skipped_and_counted(tmp_path, demo_dir, 
   assert int(batches[0]['skipped'].sum()) == 2
 
 
+def test_records_without_a_usable_caption_are_skipped_and_counted(tmp_path, demo_dir,
+                                                                   tokenizer):
+  folder = tmp_path / 'captions'
+  folder.mkdir()
+  with tf.io.TFRecordWriter(str(folder / '00000.tfrecord')) as writer:
+    for i, (key, jpg, txt) in enumerate(_pairs(10)):
+      example = tf.train.Example.FromString(
+          demo_data._tf_example(key, jpg, txt, MICRO_IMAGE))  # pylint: disable=protected-access
+      caption = example.features.feature['txt'].bytes_list.value
+      if i == 1:
+        caption[0] = b'a red \xff circle'  # not UTF-8
+      elif i == 3:
+        caption[0] = b''
+      elif i == 4:
+        caption[0] = b' \t\n '
+      elif i == 6:
+        del example.features.feature['txt']
+      writer.write(example.SerializeToString())
+  config = micro_config(demo_dir, laion_path=str(folder), batch_size=6, shuffle_buffer=1)
+  _, (batch,) = _batches(config, tokenizer, 1)
+  assert batch['position'].tolist() == [1, 3, 6, 8, 9, 10]  # records 0, 2, 5, 7, 8, 9
+  assert int(batch['skipped'].sum()) == 4
+  # A webdataset sample without a caption.
+  (tmp_path / 'tar').mkdir()
+  with tarfile.open(tmp_path / 'tar' / '00000.tar', 'w') as tar:
+    for i, (key, jpg, txt) in enumerate(_pairs(4)):
+      for ext, data in {'jpg': jpg, 'txt': txt.encode()}.items():
+        if not (i == 2 and ext == 'txt'):
+          info = tarfile.TarInfo(f'{key}.{ext}')
+          info.size = len(data)
+          tar.addfile(info, io.BytesIO(data))
+  config = micro_config(demo_dir, laion_path=str(tmp_path / 'tar'), batch_size=3,
+                        shuffle_buffer=1)
+  _, (batch,) = _batches(config, tokenizer, 1)
+  assert batch['position'].tolist() == [1, 2, 4] and int(batch['skipped'].sum()) == 1
+
+
 @pytest.mark.parametrize('make_path,message', [
     (lambda d: '', 'laion_path is empty'),
     (lambda d: str(d / 'missing' / '*.tfrecord'), 'nothing matches'),

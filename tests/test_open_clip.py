@@ -15,11 +15,14 @@ import jax
 import numpy as np
 import optax
 import pytest
+import shutil
+import signal
 import tensorflow as tf
 
 from configs import openclip_vit_b16
 from configs import presets
 from foreign_weights import open_clip_state
+from foreign_weights import whole_folder
 from input_pipeline import tokenizer as tokenizer_lib
 import masking
 from models import clip
@@ -46,6 +49,14 @@ HARD_CAPTIONS = [
     '1234567890 3.14159 1,000,000', 'snake_case camelCase kebab-case', 'a' * 300,
     ' '.join(['the quick brown fox jumps over the lazy dog'] * 12),
 ]
+# Where TensorFlow Text's WordPiece and Hugging Face's BERT normalizer part ways unless told:
+# case folding beyond lower case, compatibility forms, control characters inside words.
+WORDPIECE_CAPTIONS = HARD_CAPTIONS + [
+    'Stra\u00dfe GROSS \u1e9e', '\u03a3\u0391\u03a3 \u03c2 \u0130stanbul', '\u212a kelvin \u2126 ohm',
+    '\u00bd \u2460 \u00b2 \uff8a\uff9d\uff76\uff78', 'x\x1fy\x7fz\x80w', '\ufeffbom zero\u200bwidth',
+    'soft\u00adhyphen e\u0301 combining', '\u01c4 \u01c5 \u01c8 \ufb00 \ufb05',
+    '\u65e5\u672c\u8a9e\u306e\u6587\u7ae0', 'na\u00efve r\u00e9sum\u00e9', '\u1fb3 \u1ff3 \u1fbc',
+]
 
 
 def reference(*args):
@@ -55,10 +66,12 @@ def reference(*args):
   assert result.returncode == 0, result.stderr[-3000:]
 
 
-def open_clip_ids(tmp_path, captions):
+def open_clip_ids(tmp_path, captions, model='ViT-B-16'):
+  """The ids of open_clip.get_tokenizer(model)."""
   with open(tmp_path / 'captions.json', 'w') as f:
     json.dump(captions, f)
-  reference('tokenize', f'--captions={tmp_path / "captions.json"}', '--out', tmp_path / 'ids.npz')
+  reference('tokenize', '--model', model, f'--captions={tmp_path / "captions.json"}', '--out',
+            tmp_path / 'ids.npz')
   return np.load(tmp_path / 'ids.npz')['ids']
 
 
@@ -249,6 +262,139 @@ def test_damaged_or_ambiguous_files_and_blocks_of_other_shapes_are_named(micro_e
                                        r'differ in shape.*\{0: \(2, 3\), 1: \(2, 4\)\}'):
     layout.stack_blocks({'image/encoder/block_00/mlp/kernel': np.zeros((2, 3)),
                          'image/encoder/block_01/mlp/kernel': np.zeros((2, 4))})
+
+
+@pytest.mark.parametrize('cls_token, sep_token', [(False, False), (True, True), (True, False)])
+def test_wordpiece_through_hugging_faces_tokenizers_gives_the_same_ids(cls_token, sep_token):
+  ours = tokenizer_lib.BertTokenizer(16, cls_token, sep_token)
+  theirs = ours.hugging_face()
+  theirs.enable_truncation(16)
+  theirs.enable_padding(length=16, pad_id=0)
+  np.testing.assert_array_equal(np.asarray(ours(WORDPIECE_CAPTIONS)),
+                                [e.ids for e in theirs.encode_batch(WORDPIECE_CAPTIONS)])
+
+
+def test_an_export_of_flips_text_tower_carries_the_tokenizer_it_trained_with(demo_dir,
+                                                                            tmp_path):
+  config = flip_family(demo_dir)
+  config.aug.txt.cls_token = False  # FLIP's own ids: word pieces alone
+  params = init_params(clip.from_config(config), micro_inputs(micro_config(demo_dir)))
+  open_clip_state.export(params, config, str(tmp_path / 'flip'))
+  # open_clip's HFTokenizer first mends text with ftfy and unescapes HTML, as no WordPiece
+  # run of FLIP's or this project's did: captions that those change are left out.
+  import ftfy  # pylint: disable=g-import-not-at-top
+  import html  # pylint: disable=g-import-not-at-top
+  captions = [c for c in WORDPIECE_CAPTIONS
+              if html.unescape(html.unescape(ftfy.fix_text(c))) == c]
+  assert len(captions) >= 15
+  ids = open_clip_ids(tmp_path, captions, model=f'local-dir:{tmp_path / "flip"}')
+  np.testing.assert_array_equal(ids, np.asarray(tokenizer_lib.from_config(config)(captions)))
+  with open(tmp_path / 'flip' / open_clip_state.CONFIG_FILE) as f:
+    text_cfg = json.load(f)['model_cfg']['text_cfg']
+  assert text_cfg['hf_tokenizer_name'] != 'bert-base-uncased'  # its ids have no [CLS]/[SEP]
+
+
+def _contents(folder):
+  return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_an_export_replaces_its_folder_whole_and_alone(open_clip_run, tmp_path, monkeypatch):
+  import safetensors.numpy  # pylint: disable=g-import-not-at-top
+  out = tmp_path / 'export'
+  export_open_clip.export(str(open_clip_run), str(out))
+  (out / 'README.md').write_text('a model card of the user\'s')
+  before = _contents(out)
+  # A second export to the folder while one writes it is refused at once.
+  with whole_folder.exclusive(str(out)):
+    with pytest.raises(whole_folder.FolderBusy, match='another process is writing'):
+      export_open_clip.export(str(open_clip_run), str(out))
+  # Killed halfway through the weights: the previous export is as it was.
+  killed = subprocess.run([sys.executable, '-c', f"""
+import os, signal
+import safetensors.numpy
+def killed_halfway(state, path, metadata=None):
+  open(path, 'wb').write(b'half a file')
+  os.kill(os.getpid(), signal.SIGKILL)
+safetensors.numpy.save_file = killed_halfway
+from tools import export_open_clip
+export_open_clip.export({str(open_clip_run)!r}, {str(out)!r})
+"""], cwd=ROOT, capture_output=True, timeout=300)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  assert _contents(out) == before
+  # A full disk: an error naming the cause, and the previous export as it was.
+  def disk_full(state, path, metadata=None):
+    raise OSError(28, 'No space left on device', path)
+  monkeypatch.setattr(safetensors.numpy, 'save_file', disk_full)
+  with pytest.raises(OSError, match='No space left on device'):
+    export_open_clip.export(str(open_clip_run), str(out))
+  assert _contents(out) == before
+  monkeypatch.undo()
+  # The next export goes through, clears what the killed one left, keeps the user's file.
+  export_open_clip.export(str(open_clip_run), str(out))
+  assert _contents(out) == before
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['export']
+  # A folder of other files is no export and is never replaced.
+  (tmp_path / 'mine').mkdir()
+  (tmp_path / 'mine' / 'notes.txt').write_text('keep')
+  with pytest.raises(FileExistsError, match=r'other files \(notes.txt\) and no '
+                                            r'open_clip_config.json'):
+    export_open_clip.export(str(open_clip_run), str(tmp_path / 'mine'))
+  assert _contents(tmp_path / 'mine') == {'notes.txt': b'keep'}
+
+
+def test_an_export_is_of_the_model_its_checkpoint_trained(open_clip_run, tmp_path):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  run = tmp_path / 'run'
+  shutil.copytree(open_clip_run, run)
+  # config.json edited after training (another model): the checkpoint's own config wins.
+  saved = json.loads((run / 'config.json').read_text())
+  saved['model']['activation'], saved['model']['norm_eps'] = 'quick_gelu', 1e-6
+  (run / 'config.json').write_text(json.dumps(saved))
+  export_open_clip.export(str(run), str(tmp_path / 'out'))
+  model_cfg = json.loads((tmp_path / 'out' / open_clip_state.CONFIG_FILE).read_text())[
+      'model_cfg']
+  assert 'quick_gelu' not in model_cfg and 'norm_kwargs' not in model_cfg['vision_cfg']
+  # Weights holding a NaN are not exported, and the tensor is named.
+  step_dir = checkpoints.latest_step_dir(str(run))
+  params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params'))
+  params['text']['projection']['kernel'] = np.asarray(
+      params['text']['projection']['kernel']).copy()
+  params['text']['projection']['kernel'][0, 0] = np.nan
+  with ocp.StandardCheckpointer() as writer:
+    writer.save(str(run / 'checkpoints' / '999' / 'params'), params)
+  with pytest.raises(ValueError, match=r'NaN or infinite values in 1 tensors, '
+                                       r'text/projection/kernel first'):
+    export_open_clip.export(str(run / 'checkpoints' / '999'), str(tmp_path / 'nan'))
+  assert not (tmp_path / 'nan').exists()
+
+
+def test_an_open_clip_folders_own_config_is_honoured_or_refused(micro_export, tmp_path,
+                                                                caplog):
+  out, config = micro_export
+  pretrained.check_pretrained(str(out), config)  # the model it describes
+  folder = tmp_path / 'other'
+  shutil.copytree(out, folder)
+  described = json.loads((folder / open_clip_state.CONFIG_FILE).read_text())
+  described['model_cfg']['quick_gelu'] = True
+  described['preprocess_cfg']['mean'] = [0.5, 0.5, 0.5]
+  (folder / open_clip_state.CONFIG_FILE).write_text(json.dumps(described))
+  with pytest.raises(ValueError) as refused:
+    pretrained.check_pretrained(str(folder), config)
+  assert 'quick_gelu: True there, False here (config.model.activation)' in str(refused.value)
+  assert 'preprocess_cfg.mean: [0.5, 0.5, 0.5] there' in str(refused.value)
+  assert 'config.aug.pixel_mean' in str(refused.value)
+  # Asked for: the weights go into this config's model, and the log says how it differs.
+  accepting = config.copy_and_resolve_references()
+  accepting.accept_config_changes = True
+  pretrained.check_pretrained(str(folder), accepting)
+  assert 'quick_gelu: True there' in caplog.text
+  # An option this project does not have is named as such.
+  described = json.loads((out / open_clip_state.CONFIG_FILE).read_text())
+  described['model_cfg']['vision_cfg']['attentional_pool'] = True
+  (folder / open_clip_state.CONFIG_FILE).write_text(json.dumps(described))
+  with pytest.raises(ValueError, match=r'vision_cfg.attentional_pool: True there, False here '
+                                       r'\(this project has no such option\)'):
+    pretrained.check_pretrained(str(folder), config)
 
 
 def test_position_tables_are_resampled_onto_another_grid(micro_export):

@@ -233,9 +233,12 @@ def test_eval_only_with_nothing_to_evaluate_names_the_workdir(tmp_path, demo_dir
 @pytest.mark.parametrize('stop', ['preempted', 'killed'])
 def test_a_stop_between_a_save_and_its_evaluations_evaluates_that_step_on_resume(
     tmp_path, demo_dir, monkeypatch, stop):
+  from tests import chaos  # pylint: disable=g-import-not-at-top
+  from trainer import cadence  # pylint: disable=g-import-not-at-top
   from trainer import evaluations  # pylint: disable=g-import-not-at-top
   flags = dict(log_every_steps=1, eval_every_steps=2, eval_at_end=True,
                **{'evals.retrieval.every_steps': 0})
+  monkeypatch.setattr(cadence.Cadence, 'pictures_due', lambda self, step: step % 2 == 0)
   whole = tmp_path / 'whole'
   train.train_and_evaluate(_config(demo_dir, 4, **flags), str(whole))
   stopped = tmp_path / 'stopped'
@@ -259,3 +262,7 @@ def test_a_stop_between_a_save_and_its_evaluations_evaluates_that_step_on_resume
   train.train_and_evaluate(_config(demo_dir, 4, **flags), str(stopped))
   assert rows_without_timings(stopped) == rows_without_timings(whole)
   assert sum('zeroshot/top1' in r for r in metrics_rows(stopped)) == 2  # steps 2 and 4, once
+  # The mask pictures of step 2 too, of the same examples.
+  pictures = chaos._summaries(stopped, 'images')  # pylint: disable=protected-access
+  assert [step for step, _ in pictures['masked_examples']] == [2, 4]
+  assert pictures == chaos._summaries(whole, 'images')  # pylint: disable=protected-access

@@ -66,6 +66,13 @@ def test_an_error_exit_removes_its_temporary_files(tmp_path, demo_dir):
   # The console shows the reason once; the log file ends with it too.
   assert failed.stderr.count('error: config.pretrain_dir') == 1
   assert 'error: config.pretrain_dir' in (tmp_path / 'run' / 'train.log').read_text()
+  assert 'Traceback' not in failed.stderr and '--verbosity=1 shows where' in failed.stderr
+  # --verbosity=1: where it was raised.
+  shown = subprocess.run(main_command(tmp_path / 'run', demo_dir, '--verbosity=1',
+                                      f'--config.pretrain_dir={tmp_path / "nowhere"}'),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert shown.returncode == 1 and 'Traceback (most recent call last)' in shown.stderr
+  assert 'check_pretrained' in shown.stderr
 
 
 def test_ctrl_c_during_start_up_ends_in_one_line(tmp_path, demo_dir):

@@ -9,8 +9,12 @@ statistics, size and bicubic resize) and open_clip_model.safetensors, which
   clip_benchmark eval --model local-dir:DIR --pretrained none --dataset wds/NAME \
       --dataset_root PATH --task zeroshot_retrieval
 
-The run's config is read from the config.json saved beside its checkpoints/. A model that
-open_clip cannot express is refused, naming the config field, before anything is written.
+The model is the one the checkpoint was trained with: the config its checkpoint carries (or,
+for checkpoints older than that, the config.json saved beside checkpoints/). A model that
+open_clip cannot express, or weights holding NaN or infinities, are refused, naming the
+field or tensor, before anything is written. DIR is replaced whole, never in part: an export
+killed or out of disk leaves the previous one as it was, and a second export to DIR while
+one runs is refused. --verbosity=1 shows the traceback of an error.
 """
 
 import os
@@ -25,7 +29,9 @@ import orbax.checkpoint as ocp
 
 from foreign_weights import open_clip_state
 from trainer import checkpoints
+from trainer import console
 from trainer import saved_config
+from trainer import state as state_lib
 from trainer import workdir as workdir_lib
 
 CHECKPOINT = flags.DEFINE_string(
@@ -36,7 +42,16 @@ OUT = flags.DEFINE_string('out', None, 'the folder to write the open_clip model 
 
 
 def run_config_of(step_dir: str) -> ml_collections.ConfigDict:
-  """The config a checkpoint was trained with: WORKDIR/config.json for WORKDIR/checkpoints/N."""
+  """The config checkpoint WORKDIR/checkpoints/N was trained with: the one it carries, else
+  (a checkpoint older than that) WORKDIR/config.json."""
+  step = os.path.basename(step_dir)
+  carried = {}
+  if step.isdigit():
+    carried = checkpoints.restore_run_state(
+        ocp.CheckpointManager(os.path.dirname(step_dir)), int(step)) or {}
+  if carried.get('config'):
+    return saved_config.filled(carried['config'])
+  logging.info('%s carries no config: reading the run\'s config.json', step_dir)
   return saved_config.of_run(workdir_lib.run_of(os.path.dirname(step_dir)).root)
 
 
@@ -46,18 +61,22 @@ def export(checkpoint: str, out_dir: str):
   config = run_config_of(step_dir)
   open_clip_state.model_config(config)  # refuses before the weights are read
   params = ocp.StandardCheckpointer().restore(os.path.join(step_dir, 'params'))
+  spoilt = state_lib.non_finite_names(params)
+  if spoilt:
+    raise ValueError(f'{step_dir} holds NaN or infinite values in {len(spoilt)} tensors, '
+                     f'{spoilt[0]} first: these weights are not exported')
   paths = open_clip_state.export(params, config, out_dir)
   logging.info('Exported %s to %s', step_dir, out_dir)
   return paths
 
 
+@console.one_line_errors('export_open_clip', (ValueError, OSError, checkpoints.CheckpointError))
 def main(argv):
   del argv
-  try:
-    paths = export(CHECKPOINT.value, OUT.value)
-  except (ValueError, OSError) as e:
-    raise SystemExit(f'export_open_clip: {e}') from None
-  print(f'wrote {paths["config"]} and {paths["weights"]}')
+  if not flags.FLAGS['verbosity'].present:  # orbax's restore notes are not the user's
+    logging.set_verbosity(logging.WARNING)
+  paths = export(CHECKPOINT.value, OUT.value)
+  print(f'wrote {", ".join(paths.values())}')
   print(f'open with: open_clip.create_model_and_transforms("local-dir:{OUT.value}")')
 
 

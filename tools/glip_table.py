@@ -135,6 +135,7 @@ def _label(row):
   return f'{policy}\n{size}px' if policy == 'none' else policy
 
 
+@console.one_line_errors('glip_table')
 def main(argv):
   del argv
   runs = [r for r in FLAGS.runs if r]

@@ -29,6 +29,7 @@ import masking
 from models import clip
 from models import pixel_normalization
 from trainer import checkpoints
+from trainer import console
 from trainer.mask_pictures import heat_map, keep_mask, masked_grid, views_grid
 
 POLICY_NAMES = ('random', 'gaussian', 'cluster', 'attentive')
@@ -111,6 +112,7 @@ def write_pictures(config, out_dir, *, draws=512, examples=8, checkpoint=None):
   return written
 
 
+@console.one_line_errors('visualize')
 def main(argv):
   del argv
   for path in write_pictures(FLAGS.config, FLAGS.out, draws=FLAGS.draws,

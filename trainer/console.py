@@ -9,6 +9,7 @@ GPUs (it only feeds data here); `native_stderr_filtered` sends that chatter to t
 """
 
 import contextlib
+import functools
 import logging as std_logging
 import os
 import re
@@ -158,3 +159,19 @@ def private_temp_dir():
   finally:
     tempfile.tempdir = previous
     shutil.rmtree(folder, ignore_errors=True)
+
+
+def one_line_errors(program: str, kinds=(ValueError, OSError)):
+  """A tool's main, with the errors a user can cause (`kinds`) ended in one line naming
+  `program`; --verbosity=1 shows their tracebacks instead."""
+  def wrap(main):
+    @functools.wraps(main)
+    def wrapped(argv):
+      try:
+        return main(argv)
+      except kinds as e:
+        if logging.get_verbosity() >= logging.DEBUG:
+          raise
+        raise SystemExit(f'{program}: {e} (--verbosity=1 shows where it was raised)') from None
+    return wrapped
+  return wrap

@@ -1,5 +1,8 @@
 """Pictures of masks: which patches are kept, on the patch grid and on the images."""
 
+import io
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +10,7 @@ from PIL import Image, ImageDraw
 
 from models import clip
 from trainer import partitioning
+from trainer import workdir as workdir_lib
 from trainer.state import TrainState
 from trainer.step import separate_view_inputs, teacher_forward
 
@@ -63,6 +67,34 @@ def _teacher_scores(model, state: TrainState, images, mesh):
 def kept_patches(policy, keep, rows):
   return (np.ones((rows, policy.num_patches), bool) if keep is None
           else keep_mask(*keep, policy.num_patches))
+
+
+EXAMPLE_KEYS = ('image', 'views', 'crop_boxes')
+
+
+def training_examples(first_batch, workdir: workdir_lib.Workdir, resumed: bool,
+                      count: int = 8):
+  """The training examples the run's pictures show: the first batch's first `count`, kept in
+  WORKDIR/picture_examples.npz by the run's first start, so that a `resumed` run draws the
+  same ones. Only process 0's pictures are written; other hosts use their own batch."""
+  examples = {k: first_batch[k][:count] for k in EXAMPLE_KEYS if k in first_batch}
+  if jax.process_index() > 0:
+    return examples
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  path = workdir.picture_examples
+  if resumed and tf.io.gfile.exists(path):
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      kept = dict(np.load(io.BytesIO(f.read())))
+    if kept.keys() == examples.keys() and all(kept[k].shape == examples[k].shape
+                                              for k in kept):
+      return kept
+  buffer = io.BytesIO()
+  np.savez(buffer, **examples)
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with tf.io.gfile.GFile(temporary, 'wb') as f:
+    f.write(buffer.getvalue())
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+  return examples
 
 
 def example_grid(model, policy, state: TrainState, examples, rng, mesh):

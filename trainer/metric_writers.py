@@ -7,6 +7,7 @@ from typing import Optional
 from clu import metric_writers
 from clu.metric_writers import interface
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from tensorboard.compat.proto import event_pb2
 
@@ -122,12 +123,13 @@ def evaluated_at(workdir: workdir_lib.Workdir, step: int, names) -> bool:
   return bool(evaluated_names(workdir, step) & set(names))
 
 
-def drop_events_after(folder: str, step: int):
+def drop_events_after(folder: str, step: int) -> set:
   """Rewrites the TensorBoard event files in `folder` without their events after `step`: a
   run resumed at `step` writes those again, and TensorBoard would show both (it purges
   only at a session-start event, which tf.summary does not write). A record cut short by a
-  kill is dropped too."""
+  kill is dropped too. Returns the tags of the summaries kept at `step` itself."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  at_step = set()
   for path in sorted(tf.io.gfile.glob(os.path.join(folder, 'events.out.tfevents.*'))):
     kept, dropped = [], 0
     records = tf.data.TFRecordDataset(path).as_numpy_iterator()
@@ -138,6 +140,8 @@ def drop_events_after(folder: str, step: int):
           dropped += 1
         else:
           kept.append(record)
+          if event.step == step:
+            at_step.update(value.tag for value in event.summary.value)
     except tf.errors.DataLossError:  # the last record, cut short
       dropped += 1
     if dropped:
@@ -146,6 +150,14 @@ def drop_events_after(folder: str, step: int):
         for record in kept:
           out.write(record)
       tf.io.gfile.rename(temporary, path, overwrite=True)
+  return at_step
+
+
+def written_at_start(writer, tag: str) -> bool:
+  """Whether the TensorBoard events of the step a run resumed at hold `tag` (process 0's
+  writer decides for every host)."""
+  written = tag in getattr(writer, 'tags_at_start', ())
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(written)))
 
 
 class RunWriter(metric_writers.MultiWriter):
@@ -159,8 +171,9 @@ class RunWriter(metric_writers.MultiWriter):
   def __init__(self, workdir: workdir_lib.Workdir, start_step: Optional[int] = None,
                again: bool = False):
     self.workdir = workdir.root
+    self.tags_at_start = set()
     if start_step is not None and not again:
-      drop_events_after(workdir.root, start_step)
+      self.tags_at_start = drop_events_after(workdir.root, start_step)
     self.tensorboard = metric_writers.SummaryWriter(
         workdir.reevaluated if again else workdir.root)
     super().__init__([metric_writers.LoggingWriter(), self.tensorboard,

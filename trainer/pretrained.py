@@ -47,10 +47,26 @@ def foreign_format(path: str):
   return None
 
 
-def check_pretrained(path: str):
-  """Fails at start-up, naming config.pretrain_dir, when `path` holds no weights to load."""
+def check_pretrained(path: str, config):
+  """Fails at start-up, naming config.pretrain_dir, when `path` holds no weights to load, or
+  an open_clip folder whose open_clip_config.json describes another model than `config`
+  (unless config.accept_config_changes, which loads them into this model with a warning)."""
   absolute = os.path.abspath(path)
-  if flip_t5x.find_step_dir(absolute) is not None or open_clip_state.find(absolute):
+  if flip_t5x.find_step_dir(absolute) is not None:
+    return
+  weights = open_clip_state.find(absolute)
+  if weights:
+    differences = open_clip_state.folder_config_differences(os.path.dirname(weights), config)
+    if differences and config.accept_config_changes:
+      logging.warning('config.pretrain_dir=%s: its open_clip_config.json describes another '
+                      'model; its weights are loaded into this config\'s (%s)', path,
+                      '; '.join(differences))
+    elif differences:
+      raise ValueError(
+          f'config.pretrain_dir={path!r}: its {open_clip_state.CONFIG_FILE} describes another '
+          f'model than this config ({"; ".join(differences)}); set those fields as the folder '
+          'says, or add --config.accept_config_changes=True to load the weights into this '
+          'model anyway')
     return
   try:
     checkpoints.latest_step_dir(path)

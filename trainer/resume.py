@@ -76,7 +76,7 @@ def plan_resume(config, workdir: workdir_lib.Workdir) -> Plan:
     source = other_run(config.resume_dir)
   if source.latest_step() is None:
     if config.pretrain_dir:
-      pretrained.check_pretrained(config.pretrain_dir)
+      pretrained.check_pretrained(config.pretrain_dir, config)
     return Plan(manager, source)
   if (source is manager and not config.eval_only
       and _went_on_after_going_back(source, config.resume_step)):

@@ -72,6 +72,12 @@ def of_run(workdir: str) -> ml_collections.ConfigDict:
   saved = read(path)
   if saved is None:
     raise FileNotFoundError(f'{path}: no saved config; is {workdir} a run of this project?')
+  return filled(saved)
+
+
+def filled(saved: dict) -> ml_collections.ConfigDict:
+  """A saved config (a dict) as a ConfigDict, the fields added since it was saved holding
+  their defaults."""
   config = ml_collections.ConfigDict(saved)
   _fill_defaults(config, default.get_config())
   return config

@@ -51,20 +51,32 @@ def state_shardings(config, model, mesh, objective: Objective, tx):
                     ema_params=teacher_part(params) if objective.use_teacher else None)
 
 
-def create_train_state(config, model, rng, mesh,
-                       objective: Objective = Objective()) -> TrainState:
-  """A new state, each array already placed on the mesh as the sharding rules say."""
-  tx = optimizer.make_optimizer(config)
-
+def _initial_state(config, model, objective: Objective, tx):
+  """rng -> a new TrainState (unplaced)."""
   def init(rng):
     params = nn.unbox(model.init(rng, *dummy_inputs(config))['params'])
     ema = jax.tree.map(jnp.copy, teacher_part(params)) if objective.use_teacher else None
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx, ema_params=ema)
+  return init
 
+
+def create_train_state(config, model, rng, mesh,
+                       objective: Objective = Objective()) -> TrainState:
+  """A new state, each array already placed on the mesh as the sharding rules say."""
+  tx = optimizer.make_optimizer(config)
   shardings = state_shardings(config, model, mesh, objective, tx)
   # Plain jit: out_shardings place the parameters, and init's dummy one-example forward
   # pass has no activations worth placing (one example cannot be split over `data`).
-  return jax.jit(init, out_shardings=shardings)(rng)
+  return jax.jit(_initial_state(config, model, objective, tx), out_shardings=shardings)(rng)
+
+
+def abstract_train_state(config, model, mesh, objective: Objective = Objective()) -> TrainState:
+  """create_train_state's result as shapes, dtypes and shardings alone (nothing is
+  allocated): what a step is compiled for on devices that are not there."""
+  tx = optimizer.make_optimizer(config)
+  shapes = jax.eval_shape(_initial_state(config, model, objective, tx), jax.random.PRNGKey(0))
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), shapes,
+                      state_shardings(config, model, mesh, objective, tx))
 
 
 def with_params(state: TrainState, params, objective: Objective) -> TrainState:

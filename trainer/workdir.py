@@ -57,6 +57,10 @@ class Workdir:
     return os.path.join(self.root, 'config_changes.jsonl')
 
   @property
+  def picture_examples(self) -> str:
+    return os.path.join(self.root, 'picture_examples.npz')
+
+  @property
   def lock(self) -> str:
     return os.path.join(self.root, '.lock')
 
