@@ -59,12 +59,20 @@ def interleaved_seconds(calls: Dict[str, Callable[[], object]], rounds: int, rep
   return seconds
 
 
+def _rounded(value: float, digits: int) -> float:
+  # At least three significant figures: a small share is printed small, never as 0.
+  if value == 0 or not np.isfinite(value):
+    return value
+  return round(value, max(digits, 2 - int(np.floor(np.log10(abs(value))))))
+
+
 def spread(values: Sequence[float], digits: int = 4) -> Dict[str, float]:
-  """{'min', 'median', 'max'} of per-round values."""
+  """{'min', 'median', 'max'} of per-round values, to `digits` decimals or three
+  significant figures, whichever is finer."""
   values = np.asarray(values, np.float64)
-  return {'min': round(float(values.min()), digits),
-          'median': round(float(np.median(values)), digits),
-          'max': round(float(values.max()), digits)}
+  return {'min': _rounded(float(values.min()), digits),
+          'median': _rounded(float(np.median(values)), digits),
+          'max': _rounded(float(values.max()), digits)}
 
 
 def ratio_spread(numerators: Sequence[float], denominators: Sequence[float],

@@ -25,6 +25,12 @@ def test_a_ratio_is_taken_within_each_round():
   assert timing.spread([3.0, 1.0, 2.0]) == {'min': 1.0, 'median': 2.0, 'max': 3.0}
 
 
+def test_a_small_share_keeps_three_significant_figures_rather_than_printing_zero():
+  assert timing.ratio_spread([0.00012345, 2.0], [1.0, 3.0]) == {
+      'min': 0.000123, 'median': 0.333, 'max': 0.667}
+  assert timing.spread([1234.5678, 0.0], 1) == {'min': 0.0, 'median': 617.3, 'max': 1234.6}
+
+
 def test_masking_benchmark_prints_each_policys_spread_against_unmasked_steps():
   done = subprocess.run(
       [sys.executable, '-m', 'benchmarks.masking', '--sizes=tiny', '--batch_size=8',
