@@ -9,7 +9,7 @@ POLICY ?= random
 # resumes, or is refused by, a finished demo of another config.
 DEMO_WORKDIR ?= workdirs/demo-$(POLICY)$(if $(strip $(ARGS)),-$(shell printf '%s' '$(ARGS)' | cksum | cut -d' ' -f1))
 
-.PHONY: demo test data clean glip-table
+.PHONY: demo test data clean glip-table plan
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -42,9 +42,22 @@ glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	    --metric=zeroshot/top1,retrieval/image_retrieval_recall@1,retrieval/text_retrieval_recall@1 \
 	    --runs=workdirs/demo-none,workdirs/demo-reclip,workdirs/demo-random,workdirs/demo-gaussian,workdirs/demo-cluster,workdirs/demo-attentive
 
+# A TPU slice planned from this machine: `make plan CONFIG=configs/cfg_flip_large.py
+# SLICE=v3-256 [ARGS=--config.batch_size=32768]` (tools/plan.py).
+CONFIG ?= configs/tiny.py
+SLICE ?= v5e-4
+TPU_COMPILER := $(VENV)/tpu-compiler
+$(TPU_COMPILER)/.installed: $(VENV)/.installed requirements-plan.txt
+	rm -rf $(TPU_COMPILER)
+	$(PY) -m pip install --quiet --no-deps --target $(TPU_COMPILER) -r requirements-plan.txt
+	touch $@
+
+plan: $(TPU_COMPILER)/.installed
+	$(PY) -m tools.plan --config=$(CONFIG) --slice=$(SLICE) $(ARGS)
+
 # The tests also run open_clip's and CLIP_benchmark's own code as references (torch and
 # torchvision among them); `make demo` and training never install these.
-$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt
+$(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt $(TPU_COMPILER)/.installed
 	$(PY) -m pip install --quiet -r requirements-test.txt
 	touch $@
 

@@ -25,6 +25,7 @@ from trainer import checkpoints
 from trainer import checks
 from trainer import cluster_calibration
 from trainer import console
+from trainer import fit
 from trainer.evaluations import Evaluations
 from trainer.log_window import LogWindow
 from trainer import mask_pictures
@@ -169,6 +170,10 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
         writer, PICTURES):
       _draw_pictures(writer, parts, policy, state, examples, start_step)
   started_at, step = time.time(), start_step
+  # Compiled now, so that a step too large for the devices is refused before it runs.
+  step_fn = fit.checked_step(config, step_fn, state, fit.batch_shapes(parts.mesh, first_batch),
+                             jax.ShapeDtypeStruct(parts.train_rng.shape, parts.train_rng.dtype),
+                             parts.mesh)
   with preemption.Notice() as notice:
     try:
       for step in range(start_step + 1, cadence.total_steps + 1):

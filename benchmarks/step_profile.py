@@ -62,11 +62,7 @@ def _op_events(xspace_path: str):
   return events
 
 
-def profile(step: Callable[[], object], hlo_text: str, steps: int = 3) -> Dict[str, dict]:
-  """{category: {'ms_per_step', 'share'}} of `steps` calls of `step` (a compiled train step
-  that threads its own state), largest first. `hlo_text` is that executable's as_text()."""
-  names = op_names(hlo_text)
-  jax.block_until_ready(step())  # nothing left of earlier calls in the trace
+def _traced_events(step: Callable[[], object], steps: int):
   folder = tempfile.mkdtemp(prefix='step-profile-')
   with jax.profiler.trace(folder):
     for _ in range(steps):
@@ -75,8 +71,23 @@ def profile(step: Callable[[], object], hlo_text: str, steps: int = 3) -> Dict[s
   paths = glob.glob(f'{folder}/**/*.xplane.pb', recursive=True)
   if not paths:
     raise RuntimeError(f'jax.profiler wrote no trace to {folder}')
+  return _op_events(paths[0])
+
+
+def profile(step: Callable[[], object], hlo_text: str, steps: int = 3) -> Dict[str, dict]:
+  """{category: {'ms_per_step', 'share'}} of `steps` calls of `step` (a compiled train step
+  that threads its own state), largest first. `hlo_text` is that executable's as_text()."""
+  names = op_names(hlo_text)
+  jax.block_until_ready(step())  # nothing left of earlier calls in the trace
+  # On a busy CPU a trace now and then holds no op events at all: traced again, up to 3 times.
+  for _ in range(3):
+    events = _traced_events(step, steps)
+    if events:
+      break
+  else:
+    raise RuntimeError('jax.profiler traced no op events in 3 tries')
   totals = collections.Counter()
-  for name, nanoseconds in _op_events(paths[0]):
+  for name, nanoseconds in events:
     totals[category(names.get(name, ''))] += nanoseconds
   whole = sum(totals.values()) or 1.0
   return {name: {'ms_per_step': round(ns / steps / 1e6, 3), 'share': round(ns / whole, 3)}

@@ -40,6 +40,12 @@ _NATIVE_NOISE = re.compile('|'.join((
     r'computation placer already registered',
     r'cuda_(blas|dnn|fft)\.cc',
     r'Attempting to register factory for plugin',
+    # The TPU compiler's start-up away from a TPU VM (tools/plan.py).
+    r'Failed to find host bounds for accelerator type',
+    r'could not determine TPU',
+    r'libtpu_init_utils\.cc',
+    r'=== Source Location Trace: ===',
+    r'unexpected worker hostname',
 )))
 
 _DETAIL = 'detail'

@@ -1,0 +1,53 @@
+"""A train step too large for its devices is refused before it runs, naming the settings that
+make it fit (trainer/fit.py); where the devices say nothing of their memory, it runs."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import train
+from tests.conftest import micro_config
+from trainer import fit
+from trainer import partitioning
+from trainer import step as step_lib
+
+BF16_MOMENT = {'opt.mu_dtype': 'bfloat16'}
+assert any(overrides == BF16_MOMENT for _, overrides, _ in fit.REMEDIES)
+
+
+def test_a_step_that_does_not_fit_is_refused_before_it_runs_naming_what_fits(
+    tmp_path, demo_dir, monkeypatch):
+  config = micro_config(demo_dir, total_steps=2, eval_at_end=False)
+  devices = jax.devices()
+  configured = fit.compile_train_step(config, devices)
+  smaller = fit.compile_train_step(fit.with_overrides(config, BF16_MOMENT), devices)
+  assert smaller.total < configured.total
+  limit = (smaller.total + configured.total) // 2
+  monkeypatch.setattr(fit, 'device_memory', lambda devices: limit)
+  workdir = tmp_path / 'run'
+  with pytest.raises(fit.DoesNotFit) as refused:
+    train.train_and_evaluate(config, str(workdir))
+  message = str(refused.value)
+  assert f'the train step (batch_size=8 over {len(devices)} cpu devices) needs ' in message
+  assert f'each has {limit / 2 ** 30:.2f} GiB' in message
+  assert 'bfloat16 first moment (' in message
+  assert '+0% FLOPs): --config.opt.mu_dtype=bfloat16' in message
+  assert not os.path.exists(workdir / 'checkpoints' / '1')  # no step ran
+
+  # The settings it names train.
+  config = fit.with_overrides(config, BF16_MOMENT)
+  assert train.train_and_evaluate(config, str(tmp_path / 'fits'))['train_loss'] > 0
+
+
+def test_when_nothing_fits_the_refusal_says_what_is_left(demo_dir):
+  config = micro_config(demo_dir)
+  mesh = partitioning.make_mesh(config)
+  training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
+  with pytest.raises(fit.DoesNotFit, match=r'What fits: none of remat full, .*, alone or '
+                     'together: a smaller batch_size or more devices'):
+    fit.checked_step(config, training.step, training.state, fit.abstract_batch(config, mesh),
+                     jax.ShapeDtypeStruct((2,), jnp.uint32), mesh, limit=1)
+  # CPUs do not say what they hold: there, a step is never refused.
+  assert fit.device_memory(jax.devices()) is None
