@@ -248,18 +248,14 @@ def step_flops(config) -> float:
   return config.batch_size * train_flops_per_example(config, 1 + policy.num_keep)
 
 
-# The FLOPs a block's remat policy adds to a train step: its forward once more (full) or its
-# cheap part once more (minimal), against the 3 forwards of a step.
-_REMAT_EXTRA = {'none': 0.0, 'minimal': 1 / 6, 'full': 1 / 3, 'actcp': 1 / 3}
-
-
 def remat_extra_flops(config) -> float:
   """The fraction of a step's FLOPs that its towers' remat policies add."""
   policy = masking.get_policy(config)
   towers = [(config.model.model_img, 1 + policy.num_keep),
             (config.model.model_txt, config.aug.txt.max_len)]
   flops = [tower_flops(t.hidden_size, t.transformer.num_layers, tokens) for t, tokens in towers]
-  extra = [f * _REMAT_EXTRA[t.transformer.remat_policy] for f, (t, _) in zip(flops, towers)]
+  extra = [f * fit.REMAT_EXTRA_FLOPS[t.transformer.remat_policy]
+           for f, (t, _) in zip(flops, towers)]
   return sum(extra) / sum(flops)
 
 

@@ -123,12 +123,18 @@ def compile_train_step(config, devices) -> Compiled:
 
 # --- Settings that lower a step's memory ---------------------------------------------------
 
+# The FLOPs a block's remat policy adds to a train step: its forward once more (full) or its
+# cheap part once more (minimal), against the 3 forwards of a step.
+REMAT_EXTRA_FLOPS = {'none': 0.0, 'minimal': 1 / 6, 'full': 1 / 3, 'actcp': 1 / 3}
+
 # Each as config overrides, with the FLOPs it adds to a step.
 REMEDIES = (
     ('remat full', {'model.model_img.transformer.remat_policy': 'full',
-                    'model.model_txt.transformer.remat_policy': 'full'}, 1 / 3),
+                    'model.model_txt.transformer.remat_policy': 'full'},
+     REMAT_EXTRA_FLOPS['full']),
     ('remat minimal', {'model.model_img.transformer.remat_policy': 'minimal',
-                       'model.model_txt.transformer.remat_policy': 'minimal'}, 1 / 6),
+                       'model.model_txt.transformer.remat_policy': 'minimal'},
+     REMAT_EXTRA_FLOPS['minimal']),
     ('layers unrolled', {'model.scan_layers': False}, 0.0),
     ('bfloat16 compute', {'model.dtype': 'bfloat16'}, 0.0),
     ('optimizer state sharded', {'partitioning.partition_states': True}, 0.0),
