@@ -1,13 +1,17 @@
 # `make demo` and `make test` set everything up on a fresh machine (Python 3.11 or 3.12).
-# `make demo POLICY=gaussian` (or cluster, attentive, none) trains the demo with that policy.
+# `make demo POLICY=gaussian` (or cluster, attentive, none) trains the demo with that policy;
+# `make demo RECIPE=clipa` (or clipf, siglip) trains a variant of configs/tiny.py.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_DATA := data/demo
 POLICY ?= random
+RECIPE ?=
+# A recipe keeps its own image policy unless POLICY is given too.
+POLICY_FLAG := $(if $(or $(filter command line,$(origin POLICY)),$(if $(RECIPE),,plain)),--config.model.model_img.masking.policy=$(POLICY))
 # A demo with ARGS trains in its own workdir (named by a checksum of ARGS), so that it never
 # resumes, or is refused by, a finished demo of another config.
-DEMO_WORKDIR ?= workdirs/demo-$(POLICY)$(if $(strip $(ARGS)),-$(shell printf '%s' '$(ARGS)' | cksum | cut -d' ' -f1))
+DEMO_WORKDIR ?= workdirs/demo-$(if $(RECIPE),$(RECIPE)$(if $(filter command line,$(origin POLICY)),-$(POLICY)),$(POLICY))$(if $(strip $(ARGS)),-$(shell printf '%s' '$(ARGS)' | cksum | cut -d' ' -f1))
 
 .PHONY: demo test data clean glip-table plan
 
@@ -24,8 +28,8 @@ $(DEMO_DATA)/COMPLETE: $(VENV)/.installed input_pipeline/demo_data.py
 data: $(DEMO_DATA)/COMPLETE
 
 demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
-	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py \
-	    --config.model.model_img.masking.policy=$(POLICY) $(ARGS)
+	$(PY) main.py --workdir=$(DEMO_WORKDIR) --config=configs/tiny.py$(if $(RECIPE),:$(RECIPE)) \
+	    $(POLICY_FLAG) $(ARGS)
 	@echo
 	@echo "Demo finished. TensorBoard events, metrics.jsonl and train.log (every log line): $(DEMO_WORKDIR)"
 	@echo "Checkpoints: $(DEMO_WORKDIR)/checkpoints   (make demo again resumes; rm -r $(DEMO_WORKDIR) to start over)"
@@ -34,13 +38,15 @@ demo: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 # encoded image patches): the unmasked run trains half the steps of the 50%-masked ones
 # (18 of 36 patches; attentive 20, whole blocks; cluster a varying number), RECLIP's row as
 # many steps on 32-pixel images (16 patches), tuned at 48. The table shows what each encoded.
+# CLIPA's, CLIPF's and SigLIP's demos (configs/tiny.py variants) add their rows.
 glip-table: $(VENV)/.installed $(DEMO_DATA)/COMPLETE
 	$(MAKE) demo POLICY=none DEMO_WORKDIR=workdirs/demo-none ARGS="--config.num_epochs=1.0"
 	$(MAKE) demo POLICY=none DEMO_WORKDIR=workdirs/demo-reclip ARGS="--config.image_size=32"
 	for policy in random gaussian cluster attentive; do $(MAKE) demo POLICY=$$policy; done
+	for recipe in clipa clipf siglip; do $(MAKE) demo RECIPE=$$recipe; done
 	$(PY) -m tools.glip_table --out=workdirs/glip_table --tune_steps=50 --tune_image_size=48 \
 	    --metric=zeroshot/top1,retrieval/image_retrieval_recall@1,retrieval/text_retrieval_recall@1 \
-	    --runs=workdirs/demo-none,workdirs/demo-reclip,workdirs/demo-random,workdirs/demo-gaussian,workdirs/demo-cluster,workdirs/demo-attentive
+	    --runs=workdirs/demo-none,workdirs/demo-reclip,workdirs/demo-random,workdirs/demo-gaussian,workdirs/demo-cluster,workdirs/demo-attentive,workdirs/demo-clipa,workdirs/demo-clipf,workdirs/demo-siglip
 
 # A TPU slice planned from this machine: `make plan CONFIG=configs/cfg_flip_large.py
 # SLICE=v3-256 [ARGS=--config.batch_size=32768]` (tools/plan.py).

@@ -16,9 +16,11 @@ import jax
 
 import evaluators
 from input_pipeline import feeder as feeder_lib
+from input_pipeline import token_counts
 from input_pipeline import tokenizer as tokenizer_lib
 from input_pipeline import training_pairs
 import masking
+from masking import text as text_lib
 from models import clip
 from trainer.cadence import Cadence
 from trainer import checkpoints
@@ -152,10 +154,13 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
   feeder = feeder_lib.Feeder(itertools.chain([first_batch], batches))
   # Shown masked in TensorBoard every vis_every_epochs.
   examples = mask_pictures.training_examples(first_batch, workdir, resumed=plan.resumes)
+  text_reduction = _text_reduction(config, parts, shards, workdir)
   step_fn = step_lib.jit_train_step(config, parts.model, policy, parts.objective, state,
-                                    parts.mesh)
-  logging.info('Training steps %d..%d, batch %d, %s; compiling the first step...',
-               start_step, cadence.total_steps, config.batch_size, masking.describe(policy))
+                                    parts.mesh, text_reduction=text_reduction)
+  logging.info('Training steps %d..%d, batch %d, %s, %s; compiling the first step...',
+               start_step, cadence.total_steps, config.batch_size, masking.describe(policy),
+               text_lib.describe(text_reduction))
+  _log_text_examples(text_reduction, parts, first_batch)
   progress = periodic_actions.ReportProgress(num_train_steps=cadence.total_steps,
                                              writer=writer, every_steps=config.log_every_steps,
                                              every_secs=None)
@@ -231,6 +236,25 @@ def _train(config, workdir, shards, parts: Parts, policy, state, plan: resume.Pl
                f"{results['train_loss']:.4f}" if 'train_loss' in results else 'n/a',
                workdir.root, checkpointer.directory)
   return results
+
+
+def _text_reduction(config, parts: Parts, shards, workdir):
+  """The run's text reduction; frequency reduction's token counts are the run's own,
+  counted on its first start."""
+  counts = None
+  if config.model.model_txt.masking.policy == 'frequency':
+    counts = token_counts.load_or_count(config, parts.tokenizer, shards,
+                                        workdir.text_token_counts)
+  return text_lib.from_config(config, parts.tokenizer, counts)
+
+
+def _log_text_examples(reduction, parts: Parts, first_batch):
+  """Which tokens of the first batch's first captions the text tower encodes."""
+  if reduction.policy == 'none':
+    return
+  for caption, kept in text_lib.examples(reduction, parts.tokenizer, first_batch['tokens'],
+                                         parts.train_rng):
+    logging.info('  %r -> %r', caption, kept)
 
 
 def _training_batches(config, parts: Parts, shards, position: int):

@@ -230,9 +230,18 @@ def get_config():
   # Text embedding: the mean of the tokens (True; padding included unless
   # model_txt.mask_padding) or the first token (False).
   config.model.clr.txt_avg_token = False
-  # > 0: form the B x B logits this many rows at a time (must divide batch_size), so that a
+  # Softmax loss only. > 0: form the B x B logits this many rows at a time (must divide batch_size), so that a
   # huge global batch never materialises them whole.
   config.model.clr.loss_chunk = 0
+  # The image-text objective: `softmax` (CLIP's InfoNCE over the global batch, FLIP's) or
+  # `sigmoid` (SigLIP's: each pair a binary classification with a learned bias; over several
+  # devices its blocks go round the data axis, so no device holds the B x B logits).
+  config.model.loss = 'softmax'
+  # The sigmoid loss's initial logit scale t (SigLIP's 10, a temperature of 0.1, in place of
+  # clr.tau_init; clipped and clamped as clr says) and its logit bias (SigLIP's -10).
+  config.model.sigmoid = ml_collections.ConfigDict()
+  config.model.sigmoid.scale_init = 10.0
+  config.model.sigmoid.bias_init = -10.0
   # A-CLIP's auxiliary losses (attentive policy; 0 turns a loss off): online-to-EMA
   # distillation of a projector + predictor, and SimCLR between the masked views.
   config.model.aclip = ml_collections.ConfigDict()
@@ -375,4 +384,16 @@ def get_config_txt():
   # Text embedding: empty lets model.clr.txt_avg_token choose (FLIP's field: `mean` or
   # `first`); `argmax` reads the token with the largest id, open_clip's end of text.
   config.pool = ''
+  # Text-token reduction in training (masking/text.py): `none`, or `truncation`, `random`,
+  # `block`, `syntax` (CLIPA's) or `frequency` (CLIPF's), each keeping `num_tokens` tokens
+  # of a caption, its start and end tokens included. Evaluation reads the whole text.
+  config.masking = ml_collections.ConfigDict()
+  config.masking.policy = 'none'
+  config.masking.num_tokens = 8
+  # Frequency reduction: CLIPF's threshold t in max(0, 1 - sqrt(t / f)), the captions whose
+  # tokens are counted for f (first ones of the shards; counts kept in the workdir), and the
+  # count under which a token is discarded first (CLIPF's 5).
+  config.masking.frequency_threshold = 1e-7
+  config.masking.frequency_captions = 100_000
+  config.masking.frequency_min_count = 5
   return config

@@ -132,9 +132,10 @@ CC12M_SAMPLES = 10_968_539
 
 
 def unmasked_tuning(config, *, learning_rate: float, batch_size: int, epochs: float = 1.0):
-  """Tuning without masking after masked training (FLIP's and GLIP's last step): every patch,
-  from the weights of `pretrain_dir`, no warmup."""
+  """Tuning without masking after masked training (FLIP's and GLIP's last step): every patch
+  and every text token, from the weights of `pretrain_dir`, no warmup."""
   config.model.model_img.mask_ratio = 0.0
+  config.model.model_txt.masking.policy = 'none'
   config.abs_learning_rate = learning_rate
   config.batch_size = batch_size
   config.num_epochs = epochs

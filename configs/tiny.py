@@ -2,13 +2,24 @@
 
   python -m input_pipeline.demo_data --out=data/demo
   python main.py --workdir=workdirs/tiny --config=configs/tiny.py
+  python main.py --workdir=workdirs/tiny-clipa --config=configs/tiny.py:clipa
+
+Variants (`make demo RECIPE=...`), the recipes' methods at the demo's size:
+  clipa   CLIPA's: smaller images (32 pixels, 16 of the 36 patches) instead of masking, and
+          the captions cut to 6 tokens by syntax (nouns first)
+  clipf   CLIPF's: 75% of the patches masked at random, the captions cut to 6 tokens by
+          word frequency
+  siglip  SigLIP's sigmoid loss in place of the softmax loss
 """
 
 from configs import default
 from configs import presets
 
 
-def get_config():
+VARIANTS = ('clipa', 'clipf', 'siglip')
+
+
+def get_config(variant: str = ''):
   config = default.get_config()
   presets.set_size(config, 'tiny')
   presets.project_choices(config)  # [CLS]/[SEP], text padding masked, patch pooling
@@ -39,4 +50,20 @@ def get_config():
   # Used when the policy is switched to cluster: the demo's flat backgrounds correlate
   # strongly, so a fixed threshold would mask most of each image.
   config.model.model_img.masking.calibrate = True
+  if variant and variant not in VARIANTS:
+    raise ValueError(f'configs/tiny.py:{variant}: expected one of {VARIANTS}')
+  text = config.model.model_txt.masking
+  if variant == 'clipa':
+    config.image_size = 32
+    config.model.model_img.mask_ratio = 0.0
+    config.model.model_img.masking.policy = 'none'
+    text.policy, text.num_tokens = 'syntax', 6
+  elif variant == 'clipf':
+    config.model.model_img.mask_ratio = 0.75
+    text.policy, text.num_tokens = 'frequency', 6
+    # The demo's captions use some 50 words, each far more frequent than any word of CC12M:
+    # CLIPF's 1e-6 would discard every one alike.
+    text.frequency_threshold = 1e-2
+  elif variant == 'siglip':
+    config.model.loss = 'sigmoid'
   return config

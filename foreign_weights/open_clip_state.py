@@ -54,6 +54,7 @@ _TOP = {
     'ln_final.bias': 'text/encoder/norm_out/bias',
     'text_projection': 'text/projection/kernel',
     'logit_scale': 'logit_scale',
+    'logit_bias': 'logit_bias',  # the sigmoid loss's (open_clip's SigLIP models)
 }
 _BLOCK = {
     'ln_1.weight': 'norm_attention/scale', 'ln_1.bias': 'norm_attention/bias',
@@ -173,7 +174,7 @@ def to_params(state: Dict[str, np.ndarray], target_shapes: Dict[str, tuple],
         value = value.reshape(1, 1, -1)
       elif name in ('visual.positional_embedding', 'positional_embedding'):
         value = value[None]
-      elif name == 'logit_scale':
+      elif name in ('logit_scale', 'logit_bias'):
         value = value.reshape(())
       ours[mine] = value
       continue
@@ -342,6 +343,8 @@ def model_config(config) -> dict:
   model_cfg = {'embed_dim': clr.proj_dim_out, 'vision_cfg': vision, 'text_cfg': text}
   if config.model.activation == 'quick_gelu':
     model_cfg['quick_gelu'] = True
+  if config.model.loss == 'sigmoid':
+    model_cfg['init_logit_bias'] = config.model.sigmoid.bias_init  # gives open_clip the bias
   return model_cfg
 
 
@@ -394,6 +397,7 @@ _OUR_FIELD = {
     'text_cfg.vocab_size': 'model.model_txt.vocab_size',
     'text_cfg.pool_type': 'model.model_txt.pool',
     'text_cfg.no_causal_mask': 'model.model_txt.causal',
+    'init_logit_bias': 'model.loss',
     'preprocess_cfg.mean': 'aug.pixel_mean', 'preprocess_cfg.std': 'aug.pixel_std',
 }
 
@@ -446,6 +450,8 @@ def folder_config_differences(folder: str, config) -> list:
     here = ours.get(key, _OPEN_CLIP_DEFAULTS.get(key))
     if isinstance(there, bool) or isinstance(here, bool):  # an option's absence is its off
       there, here = bool(there), bool(here)
+    if key == 'init_logit_bias':  # whether the model has a bias, not where it started
+      there, here = there is not None, here is not None
     if not _same(there, here):
       field = _OUR_FIELD.get(key) or _OUR_FIELD.get(key.split('.', 1)[-1])
       sets = f' (config.{field})' if field else ' (this project has no such option)'

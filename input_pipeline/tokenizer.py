@@ -12,6 +12,7 @@ import html
 import os
 import pathlib
 import re
+from typing import List, Optional
 
 # tf.data already tokenizes several batches at once on all cores; a second thread pool in
 # the BPE library would compete with the image decoding for them. A user's setting wins.
@@ -68,6 +69,25 @@ class BertTokenizer:
     ids = ids.to_tensor(default_value=PAD_ID, shape=[None, self.max_len])
     return ids[0] if scalar else ids
 
+  @property
+  def start_id(self) -> Optional[int]:
+    return self._cls_id if self.cls_token else None
+
+  @property
+  def end_id(self) -> Optional[int]:
+    return self._sep_id if self.sep_token else None
+
+  def vocabulary(self) -> List[str]:
+    """The piece of each id (`##` before a piece that continues a word)."""
+    return self._vocab + ['[UNK]']  # the out-of-vocabulary bucket
+
+  def decode(self, ids) -> str:
+    """The pieces of `ids` as text, padding left out, for showing which were kept."""
+    text = ''
+    for piece in (self.vocabulary()[i] for i in ids if i != PAD_ID):
+      text += piece[2:] if piece.startswith('##') else ' ' + piece
+    return text.strip()
+
   def hugging_face(self) -> tokenizers.Tokenizer:
     """The same ids from Hugging Face's `tokenizers` (what an open_clip export carries):
     called with max_length=max_len, truncation and padding to max_length.
@@ -103,13 +123,22 @@ class BertTokenizer:
     return tokenizer
 
 
+# The bytes that stand for themselves in CLIP's byte map: printable Latin-1.
+_PRINTABLE_BYTES = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) +
+                    list(range(ord('®'), ord('ÿ') + 1)))
+
+
 def _byte_symbols():
   """The characters that stand for the 256 byte values in CLIP's first 256 tokens, in token
   order (GPT-2's byte map, as the ByteLevel pre-tokenizer applies it): printable Latin-1
   bytes stand for themselves, the others for the characters from U+0100 on."""
-  printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) +
-               list(range(ord('®'), ord('ÿ') + 1)))
-  return [chr(b) for b in printable] + [chr(256 + n) for n in range(256 - len(printable))]
+  return ([chr(b) for b in _PRINTABLE_BYTES] +
+          [chr(256 + n) for n in range(256 - len(_PRINTABLE_BYTES))])
+
+
+def _byte_order():
+  """The byte value of each of _byte_symbols(), in the same order."""
+  return _PRINTABLE_BYTES + [b for b in range(256) if b not in _PRINTABLE_BYTES]
 
 
 # CLIP's pre-tokenizer: contractions, runs of letters, single digits, runs of other symbols.
@@ -146,6 +175,7 @@ class ClipBpeTokenizer:
     symbols = _byte_symbols()
     vocab = symbols + [s + '</w>' for s in symbols] + [''.join(m) for m in merges]
     vocab += [self.START, self.END]
+    self._vocab = vocab
     self.vocab_size = len(vocab)
     self.max_len = max_len
     self.start_id, self.end_id = vocab.index(self.START), vocab.index(self.END)
@@ -158,6 +188,26 @@ class ClipBpeTokenizer:
         tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     # open_clip reads these two written in a caption as the tokens themselves.
     self._bpe.add_special_tokens([self.START, self.END])
+
+  def vocabulary(self) -> List[str]:
+    """The token of each id in CLIP's byte symbols (`</w>` ending a word)."""
+    return self._vocab
+
+  def decode(self, ids) -> str:
+    """The text of `ids`, padding left out, for showing which tokens were kept."""
+    byte_of = dict(zip(_byte_symbols(), _byte_order()))
+    parts, word = [], bytearray()
+    for i in (int(i) for i in ids if i != PAD_ID):
+      token = self._vocab[i]
+      if i in (self.start_id, self.end_id):
+        parts += [word.decode('utf-8', 'replace'), token]
+        word = bytearray()
+        continue
+      word += bytes(byte_of[c] for c in token.removesuffix('</w>'))
+      if token.endswith('</w>'):
+        word += b' '
+    parts.append(word.decode('utf-8', 'replace'))
+    return ' '.join(' '.join(parts).split())
 
   def ids(self, texts) -> np.ndarray:
     """int32 [N, max_len] for a sequence of str or UTF-8 bytes."""

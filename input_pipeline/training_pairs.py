@@ -143,7 +143,7 @@ def _tfrecords_counting_truncation(path):
   return records.batch(256).scan(tf.constant(0, tf.int64), consume).unbatch()
 
 
-def _read_file(shard_format):
+def read_file(shard_format):
   if shard_format == TFRECORD:
     return _tfrecords_counting_truncation
 
@@ -163,12 +163,12 @@ def check_readable(config, shards: Shards, process_index: int = 0, process_count
   limit = config.unreadable_records_limit
 
   def readable(example):
-    image_bytes = (_parse_tfrecord(example['record'])[0] if shards.format == TFRECORD
+    image_bytes = (parse_tfrecord(example['record'])[0] if shards.format == TFRECORD
                    else example['jpg'])
     return tf.shape(augment.decode(image_bytes))[0]
 
   ds = tf.data.Dataset.from_tensor_slices(files).interleave(
-      _read_file(shards.format), cycle_length=min(config.num_parallel_reads, len(files)),
+      read_file(shards.format), cycle_length=min(config.num_parallel_reads, len(files)),
       num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.take(limit).map(readable, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
   if not list(ds.take(1).as_numpy_iterator()):
@@ -179,7 +179,7 @@ def check_readable(config, shards: Shards, process_index: int = 0, process_count
                      'are tried')
 
 
-def _parse_tfrecord(record):
+def parse_tfrecord(record):
   features = tf.io.parse_single_example(record, {
       'jpg': tf.io.FixedLenFeature([], tf.string, default_value=''),
       'txt': tf.io.FixedLenFeature([], tf.string, default_value=''),
@@ -187,7 +187,7 @@ def _parse_tfrecord(record):
   return features['jpg'], features['txt']
 
 
-def _usable_caption(text):
+def usable_caption(text):
   """`text`, or an error that skips (and counts) its record: a caption that is missing,
   empty, whitespace alone or not UTF-8 would train the image against no words or wrong ones.
   """
@@ -222,10 +222,10 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
 
   def decode(index, example):
     if shards.format == TFRECORD:
-      image_bytes, text = _parse_tfrecord(example['record'])
+      image_bytes, text = parse_tfrecord(example['record'])
     else:
       image_bytes, text = example['jpg'], example['txt']
-    text = _usable_caption(text)
+    text = usable_caption(text)
     example_seed = tf.stack([tf.constant(seed, tf.int64), index])
     crop = (tuple(aug.area_range), tuple(aug.aspect_ratio_range), aug.flip, aug.crop_ver)
     if separate_views:
@@ -246,7 +246,7 @@ def train_dataset(config, tokenizer, shards: Shards, *, process_index: int = 0,
   ds = tf.data.Dataset.from_tensor_slices(files)
   ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True).repeat()
   # Deterministic, so that the same seed gives the same batches, run after run.
-  ds = ds.interleave(_read_file(shards.format), cycle_length=min(config.num_parallel_reads,
+  ds = ds.interleave(read_file(shards.format), cycle_length=min(config.num_parallel_reads,
                                                                  len(files)),
                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
   ds = ds.shuffle(shuffle_buffer(config, local_batch), seed=seed)

@@ -1,6 +1,6 @@
 """Two towers, L2-normalised embeddings, learnable temperature and the contrastive loss."""
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -44,12 +44,15 @@ class CLIP(nn.Module):
   learn_logit_scale: bool = True
   clip_logit_scale: bool = True
   head_dim: int = 0  # > 0 adds the projector and predictor of A-CLIP's auxiliary losses
+  logit_bias_init: Optional[float] = None  # a learned logit bias (the sigmoid loss's)
   pixel_mean: Tuple[float, ...] = pixel_normalization.MEAN_RGB
   pixel_std: Tuple[float, ...] = pixel_normalization.STDDEV_RGB
 
   def setup(self):
     self.log_scale = self.param('logit_scale',
                                 nn.initializers.constant(self.init_logit_scale), ())
+    if self.logit_bias_init is not None:
+      self.bias = self.param('logit_bias', nn.initializers.constant(self.logit_bias_init), ())
     if self.head_dim:
       self.projector = Head(self.head_dim, self.image.dtype)
       self.predictor = Head(self.head_dim, self.image.dtype)
@@ -76,6 +79,9 @@ class CLIP(nn.Module):
     if not self.clip_logit_scale:
       return self.log_scale
     return jnp.clip(self.log_scale, 0.0, self.max_logit_scale)
+
+  def logit_bias(self):
+    return self.bias
 
   def __call__(self, images, tokens, keep_idx=None, valid=None):
     """Returns (image embeddings [B, E], text embeddings [B, E], logit scale (log))."""
@@ -168,7 +174,13 @@ def from_config(config) -> CLIP:
       pool=txt.pool or ('mean' if clr.txt_avg_token else 'first'), causal=txt.causal,
       **encoder_fields(txt))
   tau = clr.tau_init if clr.tau_learnable else clr.tau
+  bias_init = None
+  if config.model.loss == 'sigmoid':
+    bias_init = config.model.sigmoid.bias_init
+    if clr.tau_learnable:
+      tau = 1 / config.model.sigmoid.scale_init  # SigLIP's t = 10 in place of CLIP's 1 / 0.07
   return CLIP(image=image, text=text, init_logit_scale=float(np.log(1 / tau)),
+              logit_bias_init=bias_init,
               max_logit_scale=float(np.log(clr.max_logit_scale)),
               learn_logit_scale=clr.tau_learnable,
               clip_logit_scale=clr.logit_scale_clamp == 'forward', head_dim=head_dim,

@@ -11,13 +11,17 @@ files:
   python tests/open_clip_reference.py embed --model local-dir:DIR... --inputs=IN.npz \
       --out OUT.npz...
       L2-normalised image and text embeddings of IN's `pixels` (normalised, [B, H, W, 3]) and
-      `tokens` ([N, L] ids), by each model in turn (one process: open_clip imports slowly)
+      `tokens` ([N, L] ids), by each model in turn (one process: open_clip imports slowly),
+      and the model's logit_scale and logit_bias (NaN where it has none)
   python tests/open_clip_reference.py tokenize --captions=CAPTIONS.json --out=OUT.npz
       open_clip's token ids for each caption ([N, 77])
   python tests/open_clip_reference.py optimise --model local-dir:DIR --grads=GRADS.safetensors \
       --settings=JSON --out OUT.safetensors
       the model after `steps` steps of open_clip_train's AdamW, schedule and logit_scale
       clamp, each with the same gradients (open_clip's names)
+  python tests/open_clip_reference.py siglip --inputs=IN.npz --out OUT.npz
+      open_clip's SigLipLoss on one process of IN's `zimg`, `ztxt`, `logit_scale` (its log)
+      and `logit_bias`, and the loss's gradients with respect to each (torch's autograd)
   python tests/open_clip_reference.py clip_benchmark eval ARGS...
       CLIP_benchmark's own command line. Its top-k accuracy converts a one-element array to a
       float, which numpy 2.4 refuses (CLIP_benchmark issue 147, open): the same count is
@@ -71,7 +75,22 @@ def embed(args):
       images = model.encode_image(pixels, normalize=True).numpy()
       texts = model.encode_text(torch.from_numpy(inputs['tokens']).long(),
                                 normalize=True).numpy()
-    np.savez(out, images=images, texts=texts)
+      bias = model.logit_bias.item() if model.logit_bias is not None else np.nan
+    np.savez(out, images=images, texts=texts, logit_scale=model.logit_scale.item(),
+             logit_bias=bias)
+
+
+def siglip(args):
+  from open_clip.loss import SigLipLoss  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  inputs = np.load(args.inputs)
+  tensors = {name: torch.tensor(inputs[name], dtype=torch.float64, requires_grad=True)
+             for name in ('zimg', 'ztxt', 'logit_scale', 'logit_bias')}
+  loss = SigLipLoss()(tensors['zimg'], tensors['ztxt'], tensors['logit_scale'].exp(),
+                      tensors['logit_bias'])
+  loss.backward()
+  np.savez(args.out[0], loss=loss.item(),
+           **{f'{name}_grad': t.grad.numpy() for name, t in tensors.items()})
 
 
 def tokenize(args):
@@ -137,7 +156,7 @@ def main():
     clip_benchmark(sys.argv[2:])
     return
   parser = argparse.ArgumentParser()
-  parser.add_argument('command', choices=('make', 'embed', 'tokenize', 'optimise'))
+  parser.add_argument('command', choices=('make', 'embed', 'tokenize', 'optimise', 'siglip'))
   parser.add_argument('--model', nargs='+', default=['ViT-B-16'])
   parser.add_argument('--out', nargs='+', required=True)
   parser.add_argument('--seed', type=int, default=0)
@@ -146,7 +165,8 @@ def main():
   parser.add_argument('--grads')
   parser.add_argument('--settings')
   args = parser.parse_args()
-  {'make': make, 'embed': embed, 'tokenize': tokenize, 'optimise': optimise}[args.command](args)
+  {'make': make, 'embed': embed, 'tokenize': tokenize, 'optimise': optimise,
+   'siglip': siglip}[args.command](args)
 
 
 if __name__ == '__main__':

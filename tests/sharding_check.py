@@ -172,6 +172,20 @@ def main(demo_dir):
     count = 2 if name == 'accumulate_4' else 8
     state, losses, _ = run(config_for(demo_dir, **overrides), devices[:count], batch, steps=3)
     out['levers'][name] = differences(losses, flat_params(state), dp_losses, dp_params)
+
+  # The sigmoid loss, its blocks passed round the data axis, trains as on one device.
+  out['sigmoid'], one_device = {}, {}
+  views = 'model.model_img.masking.num_views'
+  for name, count, overrides in (('dp', 8, {}), ('dp_tp', 8, {'partitioning.num_partitions': 2}),
+                                 ('accumulate_4', 2, {'grad_accum_steps': 4}),
+                                 ('two_views', 8, {views: 2})):
+    sigmoid = {'model.loss': 'sigmoid', views: overrides.get(views, 1)}
+    if sigmoid[views] not in one_device:
+      state, losses, _ = run(config_for(demo_dir, **sigmoid), devices[:1], batch, steps=3)
+      one_device[sigmoid[views]] = (losses, flat_params(state))
+    state, losses, _ = run(config_for(demo_dir, **{**sigmoid, **overrides}), devices[:count], batch,
+                           steps=3)
+    out['sigmoid'][name] = differences(losses, flat_params(state), *one_device[sigmoid[views]])
   print(json.dumps(out))
 
 

@@ -180,9 +180,18 @@ def test_glip_table_evaluates_masked_unmasked_and_tuned(tmp_path, trained):
   (unmasked / 'config.json').write_text(json.dumps(saved))
   speeds = glip_table.training_speeds([str(trained), str(unmasked)], rounds=2, steps=1)
   assert all(0 < s['min'] <= s['median'] <= s['max'] for s in speeds.values())
-  rows = [('trained', policy, ratio, size, results, (8.0, 16), speeds[str(trained)])]
+  # Every one of the 16 text positions, some of them padding.
+  policy_text, length, kept = glip_table.text_tokens(str(trained))
+  assert (policy_text, length) == ('none', 16) and 3 < kept < 16
+  rows = [('trained', policy, ratio, size, results, (8.0, 16), (policy_text, length, kept),
+           speeds[str(trained)]),
+          ('reduced', policy, ratio, size, results, (8.0, 16), ('syntax', 6, 5.5),
+           speeds[str(trained)])]
   text = glip_table.table(rows, ['zeroshot/top1'])
-  assert text.splitlines()[2].startswith('| trained | random | 0.5 | 32 | 8.0 of 16 |')
+  assert text.splitlines()[2].startswith(
+      f'| trained | random | 0.5 | 32 | 8.0 of 16 | 16 ({kept:.1f} in use) |')
+  assert text.splitlines()[3].startswith(
+      '| reduced | random | 0.5 | 32 | 8.0 of 16 | 6 (5.5 in use, syntax) |')
   glip_table.figure(rows, ['zeroshot/top1'], str(tmp_path / 'table.png'))
   assert Image.open(tmp_path / 'table.png').size[0] > 100
 

@@ -93,6 +93,27 @@ def test_a_few_steps_of_each_policy_reduce_the_loss(demo_dir, demo_batch, clip_b
     assert {'distill_loss', 'simclr_loss', 'contrastive_loss'} <= set(history[0])
 
 
+@pytest.mark.parametrize('towers', ['flip', 'open_clip'])
+@pytest.mark.parametrize('case', ['cluster', 'attentive+aclip'])
+def test_the_sigmoid_loss_and_text_reduction_train_with_padded_and_attentive_policies(
+    demo_dir, demo_batch, clip_bpe_batch, case, towers):
+  """Padded masks (cluster), views, an EMA teacher and A-CLIP's losses, with SigLIP's loss
+  and the captions cut by syntax (FLIP's WordPiece) or block (CLIP's BPE)."""
+  overrides = {'model.model_img.masking.policy': case, **POLICY_CASES[case],
+               'model.loss': 'sigmoid', 'model.model_txt.masking.num_tokens': 5,
+               'model.model_txt.masking.policy': 'syntax' if towers == 'flip' else 'block'}
+  config = micro_config(demo_dir, total_steps=100, warmup_epochs=0.0, learning_rate=0.05,
+                        **overrides)
+  batch = demo_batch
+  if towers == 'open_clip':
+    config, batch = open_clip_towers(config), clip_bpe_batch
+  _, history = _run(config, batch, 8)
+  losses = [h['train_loss'] for h in history]
+  assert np.all(np.isfinite(losses)) and losses[-1] < losses[0] - 0.1, losses
+  assert history[-1]['logit_bias'] != history[0]['logit_bias']
+  assert all(h['text_tokens'] <= 5 for h in history)
+
+
 def test_ema_teacher_follows_the_momentum_formula(demo_dir, demo_batch):
   config = micro_config(demo_dir, total_steps=10,
                         **{'model.model_img.masking.policy': 'attentive'})

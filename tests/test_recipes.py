@@ -22,6 +22,18 @@ GLIP = {**OPEN_CLIP_LOOP, 'samples_per_epoch': 10_968_539, 'num_epochs': 30.0,
 GLIP_TUNING = {**OPEN_CLIP_LOOP, 'abs_learning_rate': 1e-5, 'batch_size': 640,
                'num_epochs': 1.0, 'model.model_img.mask_ratio': 0.0}
 
+CLIPF = {**GLIP, 'batch_size': 3584, 'model.model_img.mask_ratio': 0.75,
+         'model.model_txt.masking.policy': 'frequency', 'model.model_txt.masking.num_tokens': 8,
+         'model.model_txt.masking.frequency_threshold': 1e-6}
+CLIPA = {'image_size': 112, 'samples_per_epoch': 400_000_000, 'num_epochs': 7.0,
+         'batch_size': 32768, 'abs_learning_rate': 1.024e-3, 'warmup_steps': 1600,
+         'opt.b1': 0.9, 'opt.b2': 0.95, 'opt.weight_decay': 0.2, 'decay_set': 'kernels',
+         'aug.area_range': (0.4, 1.0), 'aug.flip': False, 'model.clr.img_avg_token': False,
+         'model.model_img.hidden_size': 768, 'model.model_txt.hidden_size': 768,
+         'model.clr.proj_dim_out': 512, 'aug.txt.tokenizer': 'tf_bert',
+         'aug.txt.cls_token': True, 'aug.txt.max_len': 32,
+         'model.model_txt.masking.policy': 'syntax', 'model.model_txt.masking.num_tokens': 8}
+
 RECIPES = {
     # (file, variant): (expected values, policy, patches encoded)
     ('glip_base16', None): ({**GLIP, 'model.model_img.mask_ratio': 0.5,
@@ -37,6 +49,16 @@ RECIPES = {
     ('reclip_base16', '112'): ({**GLIP, 'image_size': 112}, 'none', 49),
     ('reclip_base16', '64'): ({**GLIP, 'image_size': 64}, 'none', 16),
     ('reclip_base16', 'tune'): ({**GLIP_TUNING, 'image_size': 224}, 'none', 196),
+    ('clipf_base16', None): (CLIPF, 'random', 49),
+    ('clipf_base16', '4'): ({**CLIPF, 'model.model_txt.masking.num_tokens': 4}, 'random', 49),
+    ('clipf_base16', 'tune'): ({**GLIP_TUNING, 'warmup_epochs': 0.1,
+                                'model.model_txt.masking.policy': 'none'}, 'none', 196),
+    ('clipa_base16', None): (CLIPA, 'none', 49),
+    ('clipa_base16', 'block'): ({**CLIPA, 'model.model_txt.masking.policy': 'block'}, 'none',
+                                49),
+    ('clipa_base16', 'tune'): ({**CLIPA, 'image_size': 224, 'total_steps': 4000,
+                                'abs_learning_rate': 1.024e-4, 'warmup_steps': 800,
+                                'model.model_txt.masking.policy': 'none'}, 'none', 196),
     ('cluster_base16', None): ({
         **OPEN_CLIP_LOOP, 'samples_per_epoch': 10_968_539, 'num_epochs': 32.0,
         'batch_size': 2048, 'abs_learning_rate': 5e-4, 'warmup_steps': 2_000,
@@ -92,7 +114,8 @@ def test_recipe_step_counts_are_the_papers():
   assert optimizer.warmup_steps(tuning) == 0
 
 
-@pytest.mark.parametrize('name', ['glip_base16', 'glip_flip_base16', 'reclip_base16'])
+@pytest.mark.parametrize('name', ['glip_base16', 'glip_flip_base16', 'reclip_base16',
+                                  'clipf_base16', 'clipa_base16'])
 def test_an_unknown_variant_is_refused_naming_the_file(name):
   with pytest.raises(ValueError, match=f'configs/{name}.py:0.6'):
     load(name, '0.6')

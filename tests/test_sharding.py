@@ -89,3 +89,8 @@ def test_memory_levers_compute_the_same_training(report, lever):
 def test_bfloat16_compute_trains(report):
   losses = report['levers']['bfloat16']['losses']
   assert all(l == l for l in losses) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize('mesh', ['dp', 'dp_tp', 'accumulate_4', 'two_views'])
+def test_the_sigmoid_loss_round_the_devices_trains_as_on_one(report, mesh):
+  assert_same_training(report['sigmoid'][mesh])

@@ -32,6 +32,7 @@ import numpy as np
 
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import interleaved_seconds, spread, stepping
+from input_pipeline import token_counts
 import masking
 import train
 from trainer import console
@@ -53,6 +54,24 @@ def patches_encoded(workdir: str):
   return (float(np.mean(fractions)) * total if fractions else float('nan')), total
 
 
+def text_tokens(workdir: str):
+  """(the run's text reduction, the positions its text tower encoded per caption, the mean
+  number of them that held caption tokens, from its log)."""
+  config = saved_config.of_run(workdir)
+  text = config.model.model_txt.masking
+  length = config.aug.txt.max_len if text.policy == 'none' else text.num_tokens
+  rows = metric_writers.read_rows(workdir_lib.Workdir(workdir).metrics_jsonl)
+  kept = [r['text_tokens'] for r in rows if 'text_tokens' in r]
+  return text.policy, length, float(np.mean(kept)) if kept else float('nan')
+
+
+def _token_counts(config, workdir: str):
+  """The token counts a frequency run reduced its captions with, None for other runs."""
+  if config.model.model_txt.masking.policy != 'frequency':
+    return None
+  return token_counts.read_counts(workdir_lib.Workdir(workdir).text_token_counts)[0]
+
+
 def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):
   """{workdir: {min, median, max} training images/s}, every run's train step timed in turns
   in this process (random images; the weights do not change the cost)."""
@@ -61,7 +80,8 @@ def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):
     config = saved_config.of_run(workdir)
     config.batch_size = batch_size or config.batch_size
     mesh = partitioning.make_mesh(config)
-    training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
+    training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0),
+                                     token_counts=_token_counts(config, workdir))
     calls[workdir] = stepping(training.step, training.state, synthetic_batch(config, mesh),
                               jax.random.PRNGKey(1))
     batches[workdir] = config.batch_size
@@ -84,6 +104,7 @@ def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: flo
   tuned.pretrain_dir, tuned.resume_dir = os.path.abspath(workdir), ''
   tuned.model.model_img.mask_ratio = 0.0
   tuned.model.model_img.masking.at_eval = False
+  tuned.model.model_txt.masking.policy = 'none'
   tuned.learning_rate *= tune_lr_scale
   tuned.abs_learning_rate *= tune_lr_scale
   tuned.image_size = tune_image_size or base.image_size
@@ -99,14 +120,18 @@ def evaluate_run(workdir: str, out_dir: str, tune_steps: int, tune_lr_scale: flo
 
 
 def table(rows, metrics) -> str:
-  """`rows`: (name, policy, ratio, size, results, (patches encoded, of), images/s spread)."""
-  lines = ['| run | policy | mask ratio | image size | patches encoded | ' + ' | '.join(
-      f'{m} {c}' for m in metrics for c in COLUMNS) + ' | training images/s (range) |',
-           '| --- ' * (6 + len(metrics) * len(COLUMNS)) + '|']
-  for name, policy, ratio, size, results, (encoded, total), speed in rows:
+  """`rows`: (name, policy, ratio, size, results, (patches encoded, of), (text reduction,
+  text positions, caption tokens among them), images/s spread)."""
+  lines = ['| run | policy | mask ratio | image size | patches encoded | text tokens encoded | '
+           + ' | '.join(f'{m} {c}' for m in metrics for c in COLUMNS) +
+           ' | training images/s (range) |',
+           '| --- ' * (7 + len(metrics) * len(COLUMNS)) + '|']
+  for name, policy, ratio, size, results, (encoded, total), text, speed in rows:
     cells = [f'{100 * results[c].get(m, float("nan")):.1f}' for m in metrics for c in COLUMNS]
-    lines.append(f'| {name} | {policy} | {ratio:g} | {size} | {encoded:.1f} of {total} | ' +
-                 ' | '.join(cells) + f' | {speed["median"]:.0f} '
+    reduction, length, kept = text
+    reduced = f'{length} ({kept:.1f} in use' + (f', {reduction})' if reduction != 'none' else ')')
+    lines.append(f'| {name} | {policy} | {ratio:g} | {size} | {encoded:.1f} of {total} | '
+                 f'{reduced} | ' + ' | '.join(cells) + f' | {speed["median"]:.0f} '
                  f'({speed["min"]:.0f}-{speed["max"]:.0f}) |')
   return '\n'.join(lines) + '\n'
 
@@ -132,7 +157,9 @@ def figure(rows, metrics, path):
 
 def _label(row):
   _, policy, _, size = row[:4]
-  return f'{policy}\n{size}px' if policy == 'none' else policy
+  label = f'{policy}\n{size}px' if policy == 'none' else policy
+  text = row[6][0]
+  return label if text == 'none' else f'{label}\n{text} text'
 
 
 @console.one_line_errors('glip_table')
@@ -151,7 +178,7 @@ def main(argv):
                len(runs), FLAGS.speed_rounds)
   speeds = training_speeds(runs, FLAGS.speed_rounds, FLAGS.speed_steps,
                            FLAGS.speed_batch_size)
-  rows = [(*row, patches_encoded(workdir), speeds[workdir])
+  rows = [(*row, patches_encoded(workdir), text_tokens(workdir), speeds[workdir])
           for row, workdir in zip(evaluated, runs)]
   metrics = list(FLAGS.metric)
   text = table(rows, metrics)

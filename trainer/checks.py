@@ -12,6 +12,7 @@ from typing import Optional
 from input_pipeline import augment
 from input_pipeline import tokenizer
 import masking
+from masking import text as text_reduction
 from models import text
 from models import transformer
 from trainer import optimizer
@@ -102,6 +103,12 @@ RANGES = {
     'model.clr.max_logit_scale': _at_least(1, 'logit_scale is held in [0, log of it]'),
     'model.clr.proj_dim_out': _at_least(1),
     'model.clr.loss_chunk': _at_least(0, _OFF_AT_0),
+    'model.model_txt.masking.num_tokens': _at_least(2, 'a word and a start or end token'),
+    'model.model_txt.masking.frequency_threshold': _positive("CLIPF's t"),
+    'model.model_txt.masking.frequency_captions': _at_least(1),
+    'model.model_txt.masking.frequency_min_count': _at_least(1),
+    'model.sigmoid.scale_init': _positive('a logit scale, SigLIP\'s 10'),
+    'model.sigmoid.bias_init': Range(why="a logit bias, SigLIP's -10"),
     'model.aclip.distill_weight': _at_least(0, _OFF_AT_0),
     'model.aclip.simclr_weight': _at_least(0, _OFF_AT_0),
     'model.aclip.simclr_temperature': _positive(),
@@ -157,6 +164,9 @@ def check_ranges(config):
     values = tuple(_field(config, name))
     _require(all(valid.holds(v) for v in values),
              f'config.{name}={values}: expected each {valid}')
+
+
+LOSSES = ('softmax', 'sigmoid')
 
 
 def _require(ok: bool, message: str):
@@ -225,6 +235,23 @@ def check(config):
   _require(chunk == 0 or config.batch_size % chunk == 0,
            f'config.model.clr.loss_chunk={chunk} must be 0 (off) or divide '
            f'config.batch_size={config.batch_size}')
+  text_masking = txt.masking
+  _require(text_masking.policy in text_reduction.POLICIES,
+           f'config.model.model_txt.masking.policy={text_masking.policy!r}: expected one of '
+           f'{text_reduction.POLICIES}')
+  if text_masking.policy != 'none':
+    tokens = text_masking.num_tokens
+    special = tokenizer.from_config(config)
+    marks = (special.start_id is not None) + (special.end_id is not None)
+    _require(marks < tokens <= config.aug.txt.max_len,
+             f'config.model.model_txt.masking.num_tokens={tokens}: expected more than the '
+             f'{marks} start and end tokens and at most config.aug.txt.max_len='
+             f'{config.aug.txt.max_len}')
+  _require(config.model.loss in LOSSES,
+           f'config.model.loss={config.model.loss!r}: expected one of {LOSSES}')
+  _require(config.model.loss == 'softmax' or chunk == 0,
+           f'config.model.clr.loss_chunk={chunk} chunks the softmax loss; the sigmoid loss is '
+           'formed block by block over the devices already: set 0')
   partitioning.logical_rules(config)  # a known strategy
   _require(config.aug.crop_ver in augment.CROP_VERSIONS,
            f'config.aug.crop_ver={config.aug.crop_ver!r}: expected one of '

@@ -117,7 +117,10 @@ def compile_train_step(config, devices) -> Compiled:
   objective = objective_of(config, policy)
   state = state_lib.abstract_train_state(config, model, mesh, objective)
   rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=partitioning.replicated(mesh))
-  step = step_lib.jit_train_step(config, model, policy, objective, state, mesh)
+  # The frequencies frequency reduction reads change no shape: any counts compile the same.
+  counts = np.ones(model.text.vocab_size, np.int64)
+  step = step_lib.jit_train_step(config, model, policy, objective, state, mesh,
+                                 text_reduction=step_lib.text_reduction_of(config, counts))
   return compile_lowered(lambda: step.lower(state, abstract_batch(config, mesh), rng))
 
 

@@ -1,4 +1,4 @@
-"""What a train step computes besides the contrastive loss: views, the EMA teacher, A-CLIP's
+"""What a train step computes besides the image-text loss: views, the EMA teacher, A-CLIP's
 auxiliary losses, micro-batches and the logit-scale clamp. Static under jit."""
 
 import dataclasses
@@ -20,6 +20,7 @@ class Objective:
   simclr_temperature: float = 0.1
   accum_steps: int = 1  # micro-batches per step (exact contrastive loss, see step.py)
   loss_chunk: int = 0  # rows of the logits matrix formed at a time (0: all)
+  loss: str = 'softmax'  # or 'sigmoid' (SigLIP's)
   # > 0: logit_scale is clamped to [0, this] after each update (open_clip's semantics).
   clamp_logit_scale: float = 0.0
 
@@ -38,6 +39,7 @@ def objective_of(config, policy) -> Objective:
       total_steps=optimizer.total_steps(config), distill_weight=aclip.distill_weight,
       simclr_weight=aclip.simclr_weight, simclr_temperature=aclip.simclr_temperature,
       accum_steps=config.grad_accum_steps, loss_chunk=config.model.clr.loss_chunk,
+      loss=config.model.loss,
       clamp_logit_scale=(float(np.log(config.model.clr.max_logit_scale))
                          if config.model.clr.logit_scale_clamp == 'after_update' and
                          config.model.clr.tau_learnable else 0.0))

@@ -125,8 +125,11 @@ def weight_decay_mask(params, decay_set: str = 'flip', frozen=()):
   """True where AdamW decays: the named set (configs/default.py: decay_set; 'all' for
   exclude_wd=False), frozen parameters never."""
   decays = (lambda names: True) if decay_set == 'all' else DECAY_SETS[decay_set]
+  # The sigmoid loss's logit bias is never decayed: pulling it to 0 from SigLIP's -10 would
+  # undo the prior of one positive in B pairs that it holds.
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: decays(_names(path)) and not is_frozen(_names(path), frozen), params)
+      lambda path, _: (decays(_names(path)) and _names(path)[-1] != 'logit_bias' and
+                       not is_frozen(_names(path), frozen)), params)
 
 
 def frozen_names(config):

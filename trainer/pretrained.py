@@ -125,6 +125,9 @@ def load_pretrained_params(path: str, params):
     scanned = lambda keys: any('/blocks/' in k for k in keys)
     hint = (' (one was trained with model.scan_layers and the other without: set it as the '
             'checkpoint was written)' if scanned(source) != scanned(target) else '')
+    if ('logit_bias' in source) != ('logit_bias' in target):
+      hint += (' (one was trained with the sigmoid loss, which has a logit_bias, and the other '
+               'with the softmax loss: set config.model.loss as the checkpoint was written)')
     raise ValueError(
         f'config.pretrain_dir={path!r}: its parameters differ from this model\'s{hint}; '
         f'missing {sorted(target.keys() - source.keys())}, unexpected '

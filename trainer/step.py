@@ -7,13 +7,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from input_pipeline import tokenizer as tokenizer_lib
 import masking
+from masking import text as text_lib
 from masking import view_geometry
 from models import clip
+from models import sigmoid_loss
 from trainer.objective import Objective, objective_of
 from trainer import optimizer
 from trainer import partitioning
 from trainer.state import TrainState, create_train_state, shardings_of, teacher_part
+
+
+# Folded into the masks' key for the text's draws, which leaves the image masks' as they were.
+TEXT_STREAM = 1
 
 
 def clamp_logit_scale(params, bound: float):
@@ -66,11 +73,15 @@ def separate_view_inputs(normalize, grid_hw, batch, scores):
 
 
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
-               objective: Objective = Objective()):
+               objective: Objective = Objective(), text_reduction=None):
   """One update. `batch['image']` is every view's crop, or with separate view crops
-  (batch['views']) the EMA teacher's crop that covers them."""
+  (batch['views']) the EMA teacher's crop that covers them. `text_reduction`
+  (masking/text.py) picks the caption tokens the text tower encodes."""
   mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   images, tokens = clip.normalize_pixels(model, batch['image']), batch['tokens']
+  if text_reduction is not None and text_reduction.policy != 'none':
+    with jax.named_scope('text_reduction'):
+      tokens = text_reduction(jax.random.fold_in(mask_rng, TEXT_STREAM), tokens)
   views, batch_size = objective.num_views, images.shape[0]
   teacher_features = scores = None
   if objective.use_teacher:
@@ -106,10 +117,17 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
 
     logit_scale = apply(method=clip.CLIP.logit_scale)
     zimg = clip.l2_normalize(features)
-    contrastive = jax.vmap(functools.partial(clip.contrastive_loss,
-                                             chunk=objective.loss_chunk),
-                           in_axes=(0, None, None))(zimg, ztxt, logit_scale).mean()
+    if objective.loss == 'sigmoid':
+      bias = apply(method=clip.CLIP.logit_bias)
+      contrastive = sigmoid_loss.view_losses(zimg, ztxt, logit_scale, bias).mean()
+    else:
+      contrastive = jax.vmap(functools.partial(clip.contrastive_loss,
+                                               chunk=objective.loss_chunk),
+                             in_axes=(0, None, None))(zimg, ztxt, logit_scale).mean()
+    # The image-text term under either loss, so that curves compare by one name.
     terms = {'contrastive_loss': contrastive}
+    if objective.loss == 'sigmoid':
+      terms['logit_bias'] = bias
     flat = features.reshape(views * batch_size, -1)
     if objective.distill_weight > 0:
       target = clip.Head(model.head_dim, model.image.dtype).apply(
@@ -154,6 +172,7 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
       'kept_fraction_min': fraction.min(),
       'kept_fraction_max': fraction.max(),
       'grad_norm': optax.tree.norm(grads),
+      'text_tokens': (tokens != text_lib.PAD_ID).sum(axis=1).mean(),
       'skipped_records': batch['skipped'].sum(),
       **terms,
   }
@@ -202,14 +221,22 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
   return loss, terms, logit_scale, jax.tree.map(jnp.add, head_grads, tower_grads)
 
 
+def text_reduction_of(config, token_counts=None):
+  """The text reduction config.model.model_txt.masking asks for, for the config's tokenizer
+  (frequency reduction reads `token_counts`, input_pipeline/token_counts.py)."""
+  return text_lib.from_config(config, tokenizer_lib.from_config(config), token_counts)
+
+
 def jit_train_step(config, model, policy, objective: Objective, state: TrainState, mesh,
-                   donate: bool = True):
-  """`train_step` compiled for `state`'s shardings and a batch split over `data`."""
+                   donate: bool = True, text_reduction=None):
+  """`train_step` compiled for `state`'s shardings and a batch split over `data`, reducing
+  the text as `text_reduction` says (by default config.model.model_txt.masking's)."""
   state_sh = shardings_of(state)
   repl = partitioning.replicated(mesh)
   return partitioning.jit(
       functools.partial(train_step, model=model, policy=policy,
-                        schedule=optimizer.learning_rate_schedule(config), objective=objective),
+                        schedule=optimizer.learning_rate_schedule(config), objective=objective,
+                        text_reduction=text_reduction or text_reduction_of(config)),
       mesh, partitioning.logical_rules(config),
       in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
       out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
@@ -223,11 +250,13 @@ class Training(NamedTuple):
   step: Callable
 
 
-def new_training(config, mesh, rng, donate: bool = True) -> Training:
-  """A model, its policy and objective, a fresh state on `mesh` and its compiled step."""
+def new_training(config, mesh, rng, donate: bool = True, token_counts=None) -> Training:
+  """A model, its policy and objective, a fresh state on `mesh` and its compiled step
+  (frequency text reduction reads `token_counts`, input_pipeline/token_counts.py)."""
   model = clip.from_config(config)
   policy = masking.get_policy(config)
   objective = objective_of(config, policy)
   state = create_train_state(config, model, rng, mesh, objective)
   return Training(model, policy, objective, state,
-                  jit_train_step(config, model, policy, objective, state, mesh, donate))
+                  jit_train_step(config, model, policy, objective, state, mesh, donate,
+                                 text_reduction_of(config, token_counts)))

@@ -7,6 +7,7 @@ written whole or not at all.
   WORKDIR/reevaluated/        TensorBoard events of evaluations of a step evaluated before
   WORKDIR/config_changes.jsonl  what each resume changed in the config (resume.py)
   WORKDIR/train.log           every log line (train.<process>.log on other hosts)
+  WORKDIR/text_token_counts.npz  the captions' token counts of frequency text reduction
   WORKDIR/.lock               held by the run in progress
 
 The lock is an advisory one that the operating system releases when its process ends,
@@ -55,6 +56,10 @@ class Workdir:
   @property
   def config_changes(self) -> str:
     return os.path.join(self.root, 'config_changes.jsonl')
+
+  @property
+  def text_token_counts(self) -> str:
+    return os.path.join(self.root, 'text_token_counts.npz')
 
   @property
   def picture_examples(self) -> str:
