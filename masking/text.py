@@ -15,8 +15,8 @@ that fits is kept whole. Which tokens a longer caption keeps:
               probability of discarding a token of frequency f(w) in the training captions
               (CLIPF's; tokens seen fewer than min_count times have d = 1)
 
-Each policy scores every token (the higher, the sooner kept) and one top-k picks the kept
-ones, so all are pure jitted functions of the token ids and a key, with static shapes.
+Each policy scores every token (the higher, the sooner kept) and one stable sort picks the
+kept ones, so all are pure jitted functions of the token ids and a key, with static shapes.
 Syntax reads a part-of-speech rank per vocabulary entry and frequency a discard probability
 per entry: both are tables made once (`syntax_ranks`, `discard_probabilities`).
 """
