@@ -7,7 +7,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from input_pipeline import tokenizer as tokenizer_lib
 import masking
 from masking import text as text_lib
 from masking import view_geometry
@@ -224,6 +223,12 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
 def text_reduction_of(config, token_counts=None):
   """The text reduction config.model.model_txt.masking asks for, for the config's tokenizer
   (frequency reduction reads `token_counts`, input_pipeline/token_counts.py)."""
+  masking_config = config.model.model_txt.masking
+  if masking_config.policy == 'none':
+    return text_lib.TextReduction('none', masking_config.num_tokens)
+  # Imported here: the tokenizer brings TensorFlow, which the step never needs and which,
+  # loaded before torch's triton, crashes the comparison with open_clip at triton's import.
+  from input_pipeline import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
   return text_lib.from_config(config, tokenizer_lib.from_config(config), token_counts)
 
 
