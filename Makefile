@@ -68,7 +68,7 @@ $(VENV)/.installed-test: $(VENV)/.installed requirements-test.txt $(TPU_COMPILER
 	touch $@
 
 test: $(VENV)/.installed-test
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=25 tests
 
 clean:
 	rm -rf workdirs/demo-* $(DEMO_DATA)
