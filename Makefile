@@ -13,7 +13,7 @@ POLICY_FLAG := $(if $(or $(filter command line,$(origin POLICY)),$(if $(RECIPE),
 # resumes, or is refused by, a finished demo of another config.
 DEMO_WORKDIR ?= workdirs/demo-$(if $(RECIPE),$(RECIPE)$(if $(filter command line,$(origin POLICY)),-$(POLICY)),$(POLICY))$(if $(strip $(ARGS)),-$(shell printf '%s' '$(ARGS)' | cksum | cut -d' ' -f1))
 
-.PHONY: demo test data clean glip-table plan
+.PHONY: demo test data clean glip-table plan slice-table
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ $(TPU_COMPILER)/.installed: $(VENV)/.installed requirements-plan.txt
 
 plan: $(TPU_COMPILER)/.installed
 	$(PY) -m tools.plan --config=$(CONFIG) --slice=$(SLICE) $(ARGS)
+
+# docs/pod-slices.md's table of FLIP's recipes on their slices (tools/slice_table.py).
+slice-table: $(TPU_COMPILER)/.installed
+	$(PY) -m tools.slice_table $(ARGS)
 
 # The tests also run open_clip's and CLIP_benchmark's own code as references (torch and
 # torchvision among them); `make demo` and training never install these.

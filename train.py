@@ -16,7 +16,6 @@ import jax
 
 import evaluators
 from input_pipeline import feeder as feeder_lib
-from input_pipeline import token_counts
 from input_pipeline import tokenizer as tokenizer_lib
 from input_pipeline import training_pairs
 import masking
@@ -41,6 +40,7 @@ from trainer import resume
 from trainer import saved_config
 from trainer import state as state_lib
 from trainer import step as step_lib
+from trainer import text_counts
 from trainer import workdir as workdir_lib
 
 # The TensorBoard image of the masks on training examples.
@@ -243,8 +243,8 @@ def _text_reduction(config, parts: Parts, shards, workdir):
   counted on its first start."""
   counts = None
   if config.model.model_txt.masking.policy == 'frequency':
-    counts = token_counts.load_or_count(config, parts.tokenizer, shards,
-                                        workdir.text_token_counts)
+    counts = text_counts.load_or_count(config, parts.tokenizer, shards,
+                                       workdir.text_token_counts)
   return text_lib.from_config(config, parts.tokenizer, counts)
 
 

@@ -137,6 +137,16 @@ def distillation_loss(predicted, target):
   return jnp.mean(2 - 2 * cosine)
 
 
+def scans_layers(config) -> bool:
+  """Whether the towers' blocks are one nn.scan: config.model.scan_layers where it is set,
+  else whether either tower's blocks are rematerialised, where the scan saves memory (both
+  towers take one layout, which checkpoints and foreign weights follow)."""
+  if config.model.scan_layers is not None:
+    return bool(config.model.scan_layers)
+  return any(tower.transformer.remat_policy != 'none'
+             for tower in (config.model.model_img, config.model.model_txt))
+
+
 def from_config(config) -> CLIP:
   """Builds the model from a full run config (see configs/default.py)."""
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}.get(config.model.dtype)
@@ -158,7 +168,7 @@ def from_config(config) -> CLIP:
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,
       num_layers=img.transformer.num_layers, num_heads=img.transformer.num_heads,
       mlp_dim=img.transformer.mlp_dim, embed_dim=clr.proj_dim_out, sincos=img.sincos,
-      remat_policy=img.transformer.remat_policy, scan_layers=config.model.scan_layers,
+      remat_policy=img.transformer.remat_policy, scan_layers=scans_layers(config),
       dtype=dtype, projection_bias=clr.proj_out_bias,
       pool=('cls' if not clr.img_avg_token else
             'mean' if clr.img_avg_with_cls else 'mean_patches'),
@@ -169,7 +179,7 @@ def from_config(config) -> CLIP:
       vocab_size=txt.vocab_size, max_len=config.aug.txt.max_len, hidden_size=txt.hidden_size,
       num_layers=txt.transformer.num_layers, num_heads=txt.transformer.num_heads,
       mlp_dim=txt.transformer.mlp_dim, embed_dim=clr.proj_dim_out,
-      remat_policy=txt.transformer.remat_policy, scan_layers=config.model.scan_layers,
+      remat_policy=txt.transformer.remat_policy, scan_layers=scans_layers(config),
       dtype=dtype, mask_padding=txt.mask_padding, projection_bias=clr.proj_out_bias,
       pool=txt.pool or ('mean' if clr.txt_avg_token else 'first'), causal=txt.causal,
       **encoder_fields(txt))

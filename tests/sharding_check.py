@@ -29,9 +29,9 @@ MESHES = {'one_device': ('dp', 1, 1), 'dp': ('dp', 1, 8), 'fsdp': ('fsdp', 1, 8)
 
 def config_for(demo_dir, **overrides):
   """The micro test model with 4 heads, so that a model axis of 4 divides them, and scanned
-  layers, as in the pod recipes."""
+  layers, as H/14's recipe (and any run with remat) has them."""
   return micro_config(demo_dir, total_steps=10, warmup_epochs=0.0, learning_rate=0.01,
-                      **{'model.scan_layers': True,  # the layout of the pod recipes
+                      **{'model.scan_layers': True,  # the layout of rematerialised runs
                          'model.model_img.transformer.num_heads': 4,
                          'model.model_txt.transformer.num_heads': 4, **overrides})
 

@@ -19,6 +19,9 @@ assert any(overrides == BF16_MOMENT for _, overrides, _ in fit.REMEDIES)
 
 def test_a_step_that_does_not_fit_is_refused_before_it_runs_naming_what_fits(
     tmp_path, demo_dir, monkeypatch):
+  # Two remedies stand for all of them (each is compiled when the step does not fit).
+  monkeypatch.setattr(fit, 'REMEDIES', [r for r in fit.REMEDIES if r[0] in (
+      'gradient accumulation x2', 'bfloat16 first moment')])
   config = micro_config(demo_dir, total_steps=2, eval_at_end=False)
   devices = jax.devices()
   configured = fit.compile_train_step(config, devices)
@@ -41,13 +44,28 @@ def test_a_step_that_does_not_fit_is_refused_before_it_runs_naming_what_fits(
   assert train.train_and_evaluate(config, str(tmp_path / 'fits'))['train_loss'] > 0
 
 
-def test_when_nothing_fits_the_refusal_says_what_is_left(demo_dir):
+def test_when_nothing_fits_the_refusal_says_what_is_left(demo_dir, monkeypatch):
+  # Two remedies stand for all of them: each is compiled, then both together.
+  monkeypatch.setattr(fit, 'REMEDIES', [r for r in fit.REMEDIES
+                                        if r[0] in ('remat full', 'bfloat16 first moment')])
   config = micro_config(demo_dir)
   mesh = partitioning.make_mesh(config)
   training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
-  with pytest.raises(fit.DoesNotFit, match=r'What fits: none of remat full, .*, alone or '
-                     'together: a smaller batch_size or more devices'):
+  with pytest.raises(fit.DoesNotFit, match=r'What fits: none of remat full, bfloat16 first '
+                     'moment, alone or together: a smaller batch_size or more devices'):
     fit.checked_step(config, training.step, training.state, fit.abstract_batch(config, mesh),
                      jax.ShapeDtypeStruct((2,), jnp.uint32), mesh, limit=1)
   # CPUs do not say what they hold: there, a step is never refused.
   assert fit.device_memory(jax.devices()) is None
+
+
+def test_the_loss_is_offered_in_chunks_that_divide_the_batch_and_only_where_it_is_softmax(
+    demo_dir):
+  chunked = [r for r in fit.REMEDIES if r[0] == 'loss chunked x8']
+  config = micro_config(demo_dir, batch_size=64)
+  trial, = fit.remedy_trials(config, jax.devices(), lambda c: True, 1, chunked)
+  assert trial.overrides == {'model.clr.loss_chunk': 8} and trial.compiled.total > 0
+  # SigLIP's loss is formed in blocks already: the remedy is tried and refused, with why.
+  trial, = fit.remedy_trials(micro_config(demo_dir, batch_size=64, **{'model.loss': 'sigmoid'}),
+                             jax.devices(), lambda c: True, 1, chunked)
+  assert trial.compiled is None and 'sigmoid loss is formed block by block' in trial.refusal

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from input_pipeline import token_counts
 from input_pipeline import tokenizer as tokenizer_lib
 from input_pipeline import training_pairs
 from masking import text
@@ -19,6 +18,7 @@ from tests.conftest import ROOT, main_command, micro_config
 from trainer import checks
 from trainer import partitioning
 from trainer import step as step_lib
+from trainer import text_counts
 
 CAPTIONS = [
     'a photo of a small red cat sitting on a blue mat next to two big dogs',
@@ -179,7 +179,7 @@ def test_token_counts_are_the_captions_and_are_counted_once_per_run(demo_dir, tm
   tokenizer = tokenizer_lib.from_config(config)
   shards = training_pairs.list_shards(config.laion_path)
   path = str(tmp_path / 'text_token_counts.npz')
-  counts = token_counts.load_or_count(config, tokenizer, shards, path)
+  counts = text_counts.load_or_count(config, tokenizer, shards, path)
   captions = [c.decode() for f in shards.files for c in _captions_of(f)]
   want = np.bincount(np.asarray(tokenizer(captions)).reshape(-1),
                      minlength=tokenizer.vocab_size)
@@ -189,11 +189,11 @@ def test_token_counts_are_the_captions_and_are_counted_once_per_run(demo_dir, tm
   np.testing.assert_array_equal(counts, want)
   # A resumed run reads the counts kept beside it, not the data.
   np.savez(path, counts=counts * 2, captions=1)
-  np.testing.assert_array_equal(token_counts.load_or_count(config, tokenizer, shards, path),
+  np.testing.assert_array_equal(text_counts.load_or_count(config, tokenizer, shards, path),
                                 counts * 2)
   np.savez(path, counts=counts[:10], captions=1)
   with pytest.raises(ValueError, match='counts 10 token ids, the tf_bert tokenizer has'):
-    token_counts.load_or_count(config, tokenizer, shards, path)
+    text_counts.load_or_count(config, tokenizer, shards, path)
 
 
 def _captions_of(path):

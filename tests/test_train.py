@@ -209,8 +209,13 @@ def test_pretrain_dir_loads_weights_only_and_resamples_position_embeddings(tmp_p
                                       'model.scan_layers': True})
   state = state_lib.create_train_state(scanned, clip.from_config(scanned),
                                         jax.random.PRNGKey(0), partitioning.make_mesh(scanned))
-  with pytest.raises(ValueError, match=r'model.scan_layers.*missing .*image/encoder/blocks/'):
-    pretrained.load_pretrained_params(source, state.params)
+  # Unrolled blocks go into a scanned model stacked, each block's weights in its layer.
+  loaded = pretrained.load_pretrained_params(source, state.params)
+  blocks = loaded['image']['encoder']['blocks']['mlp']['Dense_0']['kernel']
+  unrolled = saved['image']['encoder']
+  for layer in range(blocks.shape[0]):
+    np.testing.assert_array_equal(blocks[layer],
+                                  unrolled[f'block_{layer:02d}']['mlp']['Dense_0']['kernel'])
 
 
 def test_batch_that_does_not_divide_the_devices_is_refused(demo_dir):

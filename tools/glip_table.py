@@ -32,7 +32,6 @@ import numpy as np
 
 from benchmarks.synthetic import synthetic_batch
 from benchmarks.timing import interleaved_seconds, spread, stepping
-from input_pipeline import token_counts
 import masking
 import train
 from trainer import console
@@ -40,6 +39,7 @@ from trainer import metric_writers
 from trainer import partitioning
 from trainer import saved_config
 from trainer import step as step_lib
+from trainer import text_counts
 from trainer import workdir as workdir_lib
 
 COLUMNS = ('masked', 'unmasked', 'tuned')
@@ -69,7 +69,7 @@ def _token_counts(config, workdir: str):
   """The token counts a frequency run reduced its captions with, None for other runs."""
   if config.model.model_txt.masking.policy != 'frequency':
     return None
-  return token_counts.read_counts(workdir_lib.Workdir(workdir).text_token_counts)[0]
+  return text_counts.read_counts(workdir_lib.Workdir(workdir).text_token_counts)[0]
 
 
 def training_speeds(workdirs, rounds: int, steps: int, batch_size: int = 0):

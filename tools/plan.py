@@ -23,6 +23,7 @@ compare slices and settings by, not a promise. Memory is the compiler's own figu
 """
 
 import dataclasses
+import functools
 import importlib.util
 import json
 import os
@@ -53,9 +54,15 @@ from trainer import console
 with console.native_stderr_filtered():
   from benchmarks.flops import tower_flops, train_flops_per_example  # pylint: disable=g-import-not-at-top
   from jax._src import config as jax_config
+  import jax
   import masking
+  from evaluators import common as eval_common
+  from models import clip
   from trainer import checks
   from trainer import fit
+  from trainer import partitioning
+  from trainer import state as state_lib
+  from trainer.objective import objective_of
 
 GIB = fit.GIB
 
@@ -296,6 +303,40 @@ def row(trial: fit.Trial, slice_: Slice, devices: int) -> dict:
   }
 
 
+def compile_eval_step(config, devices) -> fit.Compiled:
+  """The evaluations' image step (evaluators/common.py), compiled for `devices` at
+  config.eval_batch_size: the embeddings of one global batch of evaluation images."""
+  mesh = partitioning.make_mesh(config, devices)
+  model = clip.from_config(config)
+  policy = masking.get_policy(config, train=False)
+  state = state_lib.abstract_train_state(config, model, mesh,
+                                         objective_of(config, masking.get_policy(config)))
+  step = partitioning.jit(functools.partial(eval_common.image_step, model=model,
+                                            policy=policy),
+                          mesh, partitioning.logical_rules(config),
+                          out_shardings=partitioning.replicated(mesh))
+  sharding = partitioning.batch_sharding(mesh)
+  size, batch = config.image_size, config.eval_batch_size
+  images = {'image': jax.ShapeDtypeStruct((batch, size, size, 3), np.uint8, sharding=sharding),
+            **{k: jax.ShapeDtypeStruct((batch,), np.int32, sharding=sharding)
+               for k in ('label', 'index')}}
+  rng = jax.ShapeDtypeStruct((2,), np.uint32, sharding=partitioning.replicated(mesh))
+  ema = state.ema_params if policy.needs_scores else None
+  return fit.compile_lowered(lambda: step.lower(state.params, ema, images, rng))
+
+
+def evaluation_row(config, compiled: fit.Compiled, slice_: Slice) -> dict:
+  """A plan's line for the evaluations' image step."""
+  return {
+      'eval_batch_size': config.eval_batch_size,
+      'fits': not compiled.refused and compiled.total <= slice_.chip.hbm_gib * GIB,
+      'gib_per_device': round(compiled.total / GIB, 2),
+      'temporaries_gib': round(compiled.temporaries / GIB, 2),
+      'compile_seconds': round(compiled.seconds, 1),
+      **({'refused': compiled.refused} if compiled.refused else {}),
+  }
+
+
 def plan(config, slice_: Slice, devices=None, remedies=fit.REMEDIES) -> dict:
   """The slice's plan for `config`: the step as configured and, when it does not fit, each
   of `remedies` alone, then those that helped taken together, cheapest first, until the
@@ -322,7 +363,9 @@ def plan(config, slice_: Slice, devices=None, remedies=fit.REMEDIES) -> dict:
     if not fits(configured.compiled) and remedies:
       trials += fit.remedy_trials(config, devices, fits, configured.compiled.total or
                                   np.iinfo(np.int64).max, remedies)
+    evaluation = compile_eval_step(config, devices)
   result['rows'] = [row(t, slice_, count) for t in trials]
+  result['evaluation'] = evaluation_row(config, evaluation, slice_)
   return result
 
 
@@ -348,6 +391,13 @@ def table(result: dict) -> str:
     lines.append(f"| {r['setting']} | {memory} | {'yes' if r['fits'] else 'no'} | "
                  f"{r['extra_flops']:+.0%} | {kinds or 'none'} | {r['step_seconds'] or ''} | "
                  f"{r['images_per_sec'] or ''} | {r['compile_seconds']} |")
+  evaluation = result['evaluation']
+  needs = (f"refused by the compiler ({evaluation['refused']})" if 'refused' in evaluation
+           else f"{evaluation['gib_per_device']} GiB per device")
+  lines += ['', f"Evaluation (eval_batch_size {evaluation['eval_batch_size']}, as configured): "
+            f"{needs}, {'fits' if evaluation['fits'] else 'does not fit'} (compiled in "
+            f"{evaluation['compile_seconds']} s)" +
+            ('.' if evaluation['fits'] else ': lower --config.eval_batch_size.')]
   return '\n'.join(lines)
 
 

@@ -143,13 +143,21 @@ REMEDIES = (
     ('optimizer state sharded', {'partitioning.partition_states': True}, 0.0),
     ('FSDP', {'partitioning.strategy': 'fsdp'}, 0.0),
     ('gradient accumulation x2', {'grad_accum_steps': 2}, 0.0),
+    # The softmax loss's logits formed an eighth of the batch's rows at a time.
+    ('loss chunked x8', {'model.clr.loss_chunk': lambda c: c.batch_size // 8}, 0.0),
     ('bfloat16 first moment', {'opt.mu_dtype': 'bfloat16'}, 0.0),
 )
 
 
+def resolved(config, overrides: dict) -> dict:
+  """`overrides` with each value given as a function of the config (a remedy's size that
+  depends on the batch) replaced by its value for `config`."""
+  return {k: v(config) if callable(v) else v for k, v in overrides.items()}
+
+
 def with_overrides(config, overrides: dict):
   changed = config.copy_and_resolve_references()
-  for field, value in overrides.items():
+  for field, value in resolved(config, overrides).items():
     node = changed
     *parents, leaf = field.split('.')
     for name in parents:
@@ -158,9 +166,16 @@ def with_overrides(config, overrides: dict):
   return changed
 
 
+def _as_built(config) -> dict:
+  """The config's fields, model.scan_layers as the model takes it (clip.scans_layers)."""
+  fields = config.to_dict()
+  fields['model']['scan_layers'] = clip.scans_layers(config)
+  return fields
+
+
 def applies(config, overrides: dict) -> bool:
-  """Whether `overrides` change anything in `config`."""
-  return with_overrides(config, overrides).to_dict() != config.to_dict()
+  """Whether `overrides` change anything in the step `config` builds."""
+  return _as_built(with_overrides(config, overrides)) != _as_built(config)
 
 
 def flags_of(overrides: dict) -> str:
@@ -186,6 +201,7 @@ def remedy_trials(config, devices, fits: Callable[[Compiled], bool], needed: int
   the step fits."""
   trials, helping = [], []
   for label, overrides, extra in remedies:
+    overrides = resolved(config, overrides)
     if not applies(config, overrides):
       continue
     changed = with_overrides(config, overrides)
@@ -239,7 +255,8 @@ def checked_step(config, step_fn, state, batch, rng, mesh,
                                                    abstract(rng)))
   if fits(compiled):
     return compiled.executable
-  trials = remedy_trials(config, devices, fits, compiled.total or np.iinfo(np.int64).max)
+  trials = remedy_trials(config, devices, fits, compiled.total or np.iinfo(np.int64).max,
+                         REMEDIES)
   fitting = sorted((t for t in trials if t.compiled and fits(t.compiled)),
                    key=lambda t: t.extra_flops)
   advice = ('; '.join(f'{t.label} ({t.compiled.total / GIB:.2f} GiB, '

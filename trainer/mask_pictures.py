@@ -1,8 +1,5 @@
 """Pictures of masks: which patches are kept, on the patch grid and on the images."""
 
-import io
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -80,20 +77,12 @@ def training_examples(first_batch, workdir: workdir_lib.Workdir, resumed: bool,
   examples = {k: first_batch[k][:count] for k in EXAMPLE_KEYS if k in first_batch}
   if jax.process_index() > 0:
     return examples
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   path = workdir.picture_examples
-  if resumed and tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, 'rb') as f:
-      kept = dict(np.load(io.BytesIO(f.read())))
-    if kept.keys() == examples.keys() and all(kept[k].shape == examples[k].shape
-                                              for k in kept):
-      return kept
-  buffer = io.BytesIO()
-  np.savez(buffer, **examples)
-  temporary = f'{path}.tmp-{os.getpid()}'
-  with tf.io.gfile.GFile(temporary, 'wb') as f:
-    f.write(buffer.getvalue())
-  tf.io.gfile.rename(temporary, path, overwrite=True)
+  kept = workdir_lib.read_arrays(path) if resumed else None
+  if kept and kept.keys() == examples.keys() and all(kept[k].shape == examples[k].shape
+                                                     for k in kept):
+    return kept
+  workdir_lib.write_arrays(path, **examples)
   return examples
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from foreign_weights import flip_t5x
+from foreign_weights import layout
 from foreign_weights import open_clip_state
 from trainer import checkpoints
 from trainer import state as state_lib
@@ -95,7 +96,8 @@ def load_pretrained_params(path: str, params):
   (foreign_weights/flip_t5x.py) or an open_clip checkpoint: `epoch_K.pt`, a state dict
   (`.pt`, `.bin`, `.pth`, `.safetensors`) or a Hugging Face style folder
   (foreign_weights/open_clip_state.py). Every tensor must find a parameter and every
-  parameter a tensor; image position tables are resampled onto another patch grid, and a
+  parameter a tensor; blocks are stacked or split where one side scans its layers and the
+  other does not, image position tables are resampled onto another patch grid, and a
   longer text position table keeps its first positions.
   """
   target = traverse_util.flatten_dict(params, sep='/')
@@ -121,13 +123,16 @@ def load_pretrained_params(path: str, params):
       raise ValueError(f'config.pretrain_dir={path!r}: {step_dir} is not a readable '
                        f'checkpoint ({type(e).__name__}: {cause})') from e
     source = traverse_util.flatten_dict(restored, sep='/')
+    # A run with its layers scanned tunes one with them unrolled, and back (the default
+    # layout follows remat: configs/default.py, model.scan_layers).
+    if layout.is_scanned(source) and not layout.is_scanned(target):
+      source = layout.unstack_blocks(source)
+    elif layout.is_scanned(target) and not layout.is_scanned(source):
+      source = layout.stack_blocks(source)
   if source.keys() != target.keys():
-    scanned = lambda keys: any('/blocks/' in k for k in keys)
-    hint = (' (one was trained with model.scan_layers and the other without: set it as the '
-            'checkpoint was written)' if scanned(source) != scanned(target) else '')
-    if ('logit_bias' in source) != ('logit_bias' in target):
-      hint += (' (one was trained with the sigmoid loss, which has a logit_bias, and the other '
-               'with the softmax loss: set config.model.loss as the checkpoint was written)')
+    hint = (' (one was trained with the sigmoid loss, which has a logit_bias, and the other '
+            'with the softmax loss: set config.model.loss as the checkpoint was written)'
+            if ('logit_bias' in source) != ('logit_bias' in target) else '')
     raise ValueError(
         f'config.pretrain_dir={path!r}: its parameters differ from this model\'s{hint}; '
         f'missing {sorted(target.keys() - source.keys())}, unexpected '

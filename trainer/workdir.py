@@ -18,10 +18,13 @@ job; a bucket path (gs://...) has no file locks and is not locked.
 import contextlib
 import dataclasses
 import fcntl
+import io
 import os
 import socket
+from typing import Optional
 
 import jax
+import numpy as np
 
 CHECKPOINTS = 'checkpoints'
 CONFIG_JSON = 'config.json'
@@ -146,3 +149,24 @@ def write_text(path: str, text: str):
       pass
     raise OSError(f'cannot write {path} ({e.strerror or e}); free some space or fix the '
                   'permissions, then run the same command again') from e
+
+
+def write_arrays(path: str, **arrays):
+  """Writes `arrays` as one .npz at `path` (a local file or a bucket's), through a temporary
+  file renamed over it: a crash mid-write leaves the previous file, never a torn one."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (for buckets, when written)
+  buffer = io.BytesIO()
+  np.savez(buffer, **arrays)
+  temporary = f'{path}.tmp-{os.getpid()}'
+  with tf.io.gfile.GFile(temporary, 'wb') as f:
+    f.write(buffer.getvalue())
+  tf.io.gfile.rename(temporary, path, overwrite=True)
+
+
+def read_arrays(path: str) -> Optional[dict]:
+  """{name: array} of an .npz written by write_arrays, or None when there is none."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if not tf.io.gfile.exists(path):
+    return None
+  with tf.io.gfile.GFile(path, 'rb') as f:
+    return dict(np.load(io.BytesIO(f.read())))
