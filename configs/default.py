@@ -231,8 +231,8 @@ def get_config():
   # Text embedding: the mean of the tokens (True; padding included unless
   # model_txt.mask_padding) or the first token (False).
   config.model.clr.txt_avg_token = False
-  # Softmax loss only. > 0: form the B x B logits this many rows at a time (must divide batch_size), so that a
-  # huge global batch never materialises them whole.
+  # Softmax loss only. > 0: form the B x B logits this many rows at a time (must divide
+  # batch_size), so that a huge global batch never materialises them whole.
   config.model.clr.loss_chunk = 0
   # The image-text objective: `softmax` (CLIP's InfoNCE over the global batch, FLIP's) or
   # `sigmoid` (SigLIP's: each pair a binary classification with a learned bias; over several

@@ -162,3 +162,18 @@ def test_the_command_prints_a_table_and_one_json_line(tmp_path):
   assert lines[0].startswith('v5e-4 (v5e:2x2, 4 devices, mesh 4 x 1): batch 64, 16 per device')
   assert json.loads(lines[-1])['rows'][0]['setting'] == 'as configured'
   assert done.stderr.strip() == ''  # the TPU compiler's and TensorFlow's start-up notes
+
+
+def test_the_slice_table_plans_each_recipe_on_its_paper_slice_and_as_many_v5e_and_v6e_chips():
+  from tools import slice_table  # pylint: disable=g-import-not-at-top
+  assert [s.name for s in slice_table.slices_for('v3-256')] == ['v3-256', 'v5e-128', 'v6e-128']
+  assert [s.chips for s in slice_table.slices_for('v3-512')] == [256, 256, 256]
+  result = {'slice': 'v5e-128', 'masking': 'no masking', 'per_device_batch': 512.0,
+            'tflops_per_step': 7760.0,
+            'rows': [{'setting': 'as configured', 'fits': False, 'gib_per_device': 31.2,
+                      'arguments_gib': 1.6, 'temporaries_gib': 28.1, 'outputs_gib': 1.5,
+                      'images_per_sec': 80000, 'compile_seconds': 90.0}],
+            'evaluation': {'gib_per_device': 2.5, 'fits': True}}
+  assert slice_table.table_row('cfg_flip_base', 'B/16', result) == (
+      '| cfg_flip_base (B/16) | v5e-128 | no masking | 512 | 31.2 (1.6 / 28.1 / 1.5) | no | '
+      '7,760 T | 80,000 | 2.5 (fits) | 90.0 |')

@@ -403,16 +403,14 @@ def table(result: dict) -> str:
 
 # --- Command line ----------------------------------------------------------------------------
 
-SLICE = flags.DEFINE_string('slice', None, 'The slice, as Cloud TPU names it: v3-256, v4-128, '
-                            'v5p-64, v5e-16 (v5litepod-16), v6e-256.', required=True)
-REMEDIES_FLAG = flags.DEFINE_bool('remedies', True, 'When the step does not fit, compile it '
-                                  'again with each setting that lowers its memory.')
-
-
-def define_config_flag(argv=None):
+def define_flags():
+  """The command's flags, defined when it runs (not when tools import this module)."""
+  flags.DEFINE_string('slice', None, 'The slice, as Cloud TPU names it: v3-256, v4-128, '
+                      'v5p-64, v5e-16 (v5litepod-16), v6e-256.', required=True)
+  flags.DEFINE_bool('remedies', True, 'When the step does not fit, compile it again with each '
+                    'setting that lowers its memory.')
   config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py); override any '
-                                  'field with --config.FIELD=VALUE.', lock_config=False,
-                                  sys_argv=argv)
+                                  'field with --config.FIELD=VALUE.', lock_config=False)
   flags.mark_flags_as_required(['config'])
 
 
@@ -424,12 +422,12 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = flags.FLAGS.config
   checks.check(config)
-  slice_ = parse_slice(SLICE.value)
-  result = plan(config, slice_, remedies=fit.REMEDIES if REMEDIES_FLAG.value else ())
+  slice_ = parse_slice(flags.FLAGS.slice)
+  result = plan(config, slice_, remedies=fit.REMEDIES if flags.FLAGS.remedies else ())
   print(table(result))
   print(json.dumps(result))
 
 
 if __name__ == '__main__':
-  define_config_flag()
+  define_flags()
   app.run(main)

@@ -16,6 +16,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from tools import plan
 
@@ -47,18 +48,19 @@ def recipe_config(module: str, mask_ratio=None):
 def table_row(recipe: str, model: str, result: dict) -> str:
   configured, = result['rows']
   evaluation = result['evaluation']
-  if 'gib_per_device' in configured and not configured.get('refused'):
+  if configured.get('refused'):  # the compiler's figure, from its refusal
+    memory = f"{configured['gib_per_device']} (refused by the compiler)"
+  else:
     memory = (f"{configured['gib_per_device']} ({configured['arguments_gib']} / "
               f"{configured['temporaries_gib']} / {configured['outputs_gib']})")
-  else:
-    memory = f"refused: {configured.get('refused', '')[:120]}"
-  images = configured.get('images_per_sec') or 0
-  evaluated = ('refused' if 'refused' in evaluation else
-               f"{evaluation['gib_per_device']} ({'fits' if evaluation['fits'] else 'no'})")
+  images = f"{configured['images_per_sec']:,}" if configured.get('images_per_sec') else ''
+  verdict = ('fits' if evaluation['fits'] else
+             'refused' if 'refused' in evaluation else 'does not fit')
+  evaluated = f"{evaluation['gib_per_device']} ({verdict})"
   return (f"| {recipe} ({model}) | {result['slice']} | {result['masking']} | "
           f"{result['per_device_batch']:g} | {memory} | "
           f"{'yes' if configured['fits'] else 'no'} | {result['tflops_per_step']:,.0f} T | "
-          f"{images:,} | {evaluated} | "
+          f"{images} | {evaluated} | "
           f"{configured.get('compile_seconds', '')} |")
 
 
@@ -70,6 +72,12 @@ HEADER = ('| recipe | slice | masking | per-device batch | GiB per device (args 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  unknown = set(RECIPES_FLAG.value) - {r[0] for r in RECIPES}
+  if unknown:
+    raise app.UsageError(f'--recipes: {sorted(unknown)} unknown; expected some of '
+                         f'{[r[0] for r in RECIPES]}')
+  if not flags.FLAGS['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)
   rows, results = [HEADER], []
   for module, model, paper_slice in RECIPES:
     if module not in RECIPES_FLAG.value:
