@@ -163,8 +163,7 @@ def load(path: str, target_shapes: Dict[str, tuple]) -> Dict[str, np.ndarray]:
       if value is None:
         continue
     ours[mine] = value
-  if layout.is_scanned(target_shapes):
-    ours = layout.stack_blocks(ours)
+  ours = layout.in_layout_of(ours, target_shapes)
   fitted = {}
   for name, value in ours.items():
     want = target_shapes.get(name)

@@ -44,3 +44,13 @@ def unstack_blocks(flat: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     for i, layer in enumerate(np.asarray(value)):
       unrolled[f'{match.group(1)}/block_{i:02d}/{match.group(2)}'] = layer
   return unrolled
+
+
+def in_layout_of(flat: Dict[str, np.ndarray], target_names) -> Dict[str, np.ndarray]:
+  """`flat` with its blocks stacked or split as `target_names` (the model's parameter names)
+  have them: weights of a run, FLIP or open_clip, whichever way each scanned its layers."""
+  if is_scanned(target_names) and not is_scanned(flat):
+    return stack_blocks(flat)
+  if is_scanned(flat) and not is_scanned(target_names):
+    return unstack_blocks(flat)
+  return flat

@@ -210,9 +210,7 @@ def to_params(state: Dict[str, np.ndarray], target_shapes: Dict[str, tuple],
                      f'no parameter of this model: {sorted(unknown)[:8]}'
                      f'{" ..." if len(unknown) > 8 else ""} (a CLIP of another kind: '
                      'only open_clip\'s ViT CLIP models are read)')
-  if layout.is_scanned(target_shapes):
-    ours = layout.stack_blocks(ours)
-  return ours
+  return layout.in_layout_of(ours, target_shapes)
 
 
 # --- ours -> open_clip ---------------------------------------------------------------------

@@ -5,9 +5,8 @@ of the recipe as it is, without remedies.
   make slice-table          # or: python -m tools.slice_table [--recipes=cfg_flip_base]
 
 Prints the markdown table, then one JSON line of every plan (each row on stderr as it is
-made). Each row compiles the train
-step and the evaluation step for its slice; on a 2-core machine the whole table takes about
-half an hour.
+made). Each row compiles the train step and the evaluation step for its slice; on a 2-core
+machine the whole table takes about 40 minutes.
 """
 
 import importlib
@@ -19,6 +18,7 @@ from absl import flags
 from absl import logging
 
 from tools import plan
+from trainer import checks
 
 # (config module, the model's name, the slice its paper trained it on)
 RECIPES = (
@@ -86,7 +86,7 @@ def main(argv):
       for ratio in (None, 0.0) if UNMASKED_FLAG.value else (None,):
         config = recipe_config(module, ratio)
         try:
-          plan.checks.check(config)
+          checks.check(config)
           result = plan.plan(config, slice_, remedies=())
         except ValueError as e:  # the recipe refused on this slice (divisibility)
           rows.append(f'| {module} ({model}) | {slice_.name} | | | refused at start-up: '

@@ -122,13 +122,9 @@ def load_pretrained_params(path: str, params):
       cause = checkpoints.first_line(e, 200)
       raise ValueError(f'config.pretrain_dir={path!r}: {step_dir} is not a readable '
                        f'checkpoint ({type(e).__name__}: {cause})') from e
-    source = traverse_util.flatten_dict(restored, sep='/')
     # A run with its layers scanned tunes one with them unrolled, and back (the default
     # layout follows remat: configs/default.py, model.scan_layers).
-    if layout.is_scanned(source) and not layout.is_scanned(target):
-      source = layout.unstack_blocks(source)
-    elif layout.is_scanned(target) and not layout.is_scanned(source):
-      source = layout.stack_blocks(source)
+    source = layout.in_layout_of(traverse_util.flatten_dict(restored, sep='/'), target)
   if source.keys() != target.keys():
     hint = (' (one was trained with the sigmoid loss, which has a logit_bias, and the other '
             'with the softmax loss: set config.model.loss as the checkpoint was written)'
