@@ -35,7 +35,8 @@ def assert_same_training(result):
   assert result['max_key_bias_diff'] <= KEY_BIAS_TOLERANCE, result
 
 
-@pytest.mark.parametrize('mesh', ['dp', 'fsdp', 'dp_tp', 'fsdp_tp', 'dp_states'])
+@pytest.mark.parametrize('mesh', ['dp', 'fsdp', 'dp_tp', 'fsdp_tp', 'dp_states',
+                                  'dp_states_tp', 'dp_states_accumulate_4'])
 def test_sharded_steps_match_one_device(report, mesh):
   assert_same_training(report['equivalence'][mesh])
 
@@ -49,9 +50,22 @@ def test_parameters_are_sharded_as_the_rules_say(report):
   assert specs['dp_tp']['query_kernel'] == [None, None, 'model', None]
   assert specs['fsdp_tp']['mlp_kernel'] == [None, 'data', 'model']
   assert specs['fsdp_tp']['opt_mu_mlp_kernel'] == [None, 'data', 'model']  # ZeRO-3: state too
-  # partition_states: weights replicated, optimiser state split over `data` (ZeRO-1).
+  # partition_states: weights replicated, optimiser state split over `data` (ZeRO-1); these
+  # runs' layers are unrolled, so a kernel has no `layers` axis.
   assert 'data' not in specs['dp_states']['mlp_kernel']
-  assert specs['dp_states']['opt_mu_mlp_kernel'][:2] == [None, 'data']
+  assert specs['dp_states']['opt_mu_mlp_kernel'][:1] == ['data']
+  assert specs['dp_states_tp']['opt_mu_mlp_kernel'] == ['data', 'model']
+
+
+def test_split_optimizer_state_has_its_gradients_reduce_scattered(report):
+  """With the moments split over `data` (ZeRO-1) each device receives only its slice of the
+  gradients' sum (trainer/gradient_scatter.py); replicated moments take all of it."""
+  found = report['collectives']
+  assert found['dp']['reduce-scatter'] == 0
+  for mesh in ('dp_states', 'dp_states_tp'):
+    assert found[mesh]['reduce-scatter'] > 0, found
+    assert found[mesh]['all-reduce'] <= found['dp']['all-reduce'] + found['dp_states_tp'][
+        'all-reduce'] - found['dp_states']['all-reduce'], found
 
 
 def test_activations_are_placed_by_logical_axis_names(report):

@@ -79,11 +79,13 @@ def ring_report():
 
 @pytest.mark.parametrize('mesh', ['1', '2', '8', '4x2'])
 def test_round_the_ring_the_loss_and_gradients_equal_the_whole_batchs(ring_report, mesh):
-  """Relative to each quantity's largest magnitude, two views, float32."""
+  """Relative to each quantity's largest magnitude, two views, float32: the ring adds its
+  blocks in another order than the whole batch's sum, a few ulps apart (up to 1.005e-6
+  seen on the scale's gradient), where a block missed or counted twice is off by percents."""
   assert set(ring_report[mesh]) == {'loss', 'image_grads', 'text_grads', 'scale_grad',
                                     'bias_grad'}
   for part, difference in ring_report[mesh].items():
-    assert difference <= 1e-6, (mesh, part, difference)
+    assert difference <= 4e-6, (mesh, part, difference)
 
 
 def test_memory_per_device_stays_flat_as_devices_are_added():

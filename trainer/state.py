@@ -29,19 +29,31 @@ def dummy_inputs(config):
           jnp.zeros((1, config.aug.txt.max_len), jnp.int32))
 
 
-def state_shardings(config, model, mesh, objective: Objective, tx):
-  """NamedShardings of every TrainState leaf, from the parameters' logical axis names.
+def _boxed_params(config, model):
+  return jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
+                        jax.random.PRNGKey(0))['params']
 
-  With partitioning.partition_states the optimiser state follows the FSDP rules (split
-  over `data`) whatever the weights do.
-  """
-  boxed = jax.eval_shape(lambda rng: model.init(rng, *dummy_inputs(config)),
-                         jax.random.PRNGKey(0))['params']
+
+def _weights_and_moments(config, boxed, mesh):
   specs = nn.get_partition_spec(boxed)
   params = partitioning.param_shardings(specs, mesh, partitioning.logical_rules(config))
   moments = params
   if config.partitioning.partition_states:
     moments = partitioning.param_shardings(specs, mesh, partitioning.optimizer_rules(config))
+  return params, moments
+
+
+def weight_and_moment_shardings(config, model, mesh):
+  """NamedShardings of the parameters and of each parameter's optimiser moments, from the
+  parameters' logical axis names. With partitioning.partition_states the moments follow
+  the FSDP rules (split over `data`) whatever the weights do."""
+  return _weights_and_moments(config, _boxed_params(config, model), mesh)
+
+
+def state_shardings(config, model, mesh, objective: Objective, tx):
+  """NamedShardings of every TrainState leaf (weight_and_moment_shardings')."""
+  boxed = _boxed_params(config, model)
+  params, moments = _weights_and_moments(config, boxed, mesh)
   repl = partitioning.replicated(mesh)
   opt_state = optax.tree_map_params(tx, lambda _, sharding: sharding,
                                     jax.eval_shape(tx.init, nn.unbox(boxed)), moments,

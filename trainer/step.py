@@ -13,6 +13,7 @@ from masking import view_geometry
 from models import clip
 from models import sigmoid_loss
 from trainer.objective import Objective, objective_of
+from trainer import gradient_scatter
 from trainer import optimizer
 from trainer import partitioning
 from trainer.state import TrainState, create_train_state, shardings_of, teacher_part
@@ -72,10 +73,11 @@ def separate_view_inputs(normalize, grid_hw, batch, scores):
 
 
 def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
-               objective: Objective = Objective(), text_reduction=None):
+               objective: Objective = Objective(), text_reduction=None, scatter=None):
   """One update. `batch['image']` is every view's crop, or with separate view crops
   (batch['views']) the EMA teacher's crop that covers them. `text_reduction`
-  (masking/text.py) picks the caption tokens the text tower encodes."""
+  (masking/text.py) picks the caption tokens the text tower encodes; `scatter`
+  (trainer/gradient_scatter.py), when given, reduce-scatters the towers' gradients."""
   mask_rng, dropout_rng = jax.random.split(jax.random.fold_in(rng, state.step))
   images, tokens = clip.normalize_pixels(model, batch['image']), batch['tokens']
   if text_reduction is not None and text_reduction.policy != 'none':
@@ -143,14 +145,25 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
 
   view_major = lambda x: None if x is None else x.reshape(views, batch_size, -1)
   inputs = (images, view_major(keep_idx), view_major(valid), tokens, dropout_rng)
-  if objective.accum_steps == 1:
+  tower_params, reduce = state.params, None
+  if scatter is not None:
+    towers, tower_params, reduce = (scatter.towers(towers), scatter.stack(state.params),
+                                    scatter.reduce)
+  if objective.accum_steps > 1:
+    loss, terms, logit_scale, grads = accumulated_gradients(
+        towers, objective_loss, state.params, inputs, objective.accum_steps, tower_params,
+        reduce)
+  elif scatter is not None:
+    def loss_fn(params, tower_params):
+      return objective_loss(params, *towers(tower_params, *inputs))
+    (loss, (terms, logit_scale)), (head_grads, tower_grads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, tower_params)
+    grads = jax.tree.map(jnp.add, head_grads, reduce(tower_grads))
+  else:
     def loss_fn(params):
       return objective_loss(params, *towers(params, *inputs))
     (loss, (terms, logit_scale)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
-  else:
-    loss, terms, logit_scale, grads = accumulated_gradients(
-        towers, objective_loss, state.params, inputs, objective.accum_steps)
 
   with jax.named_scope('optimizer'):
     state = state.apply_gradients(grads=grads)
@@ -178,14 +191,17 @@ def train_step(state: TrainState, batch, rng, *, model, policy, schedule,
   return state, metrics
 
 
-def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
+def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps,
+                          tower_params=None, reduce=None):
   """Gradients of the whole-batch loss with one micro-batch's activations alive at a time.
 
   1. Embed every micro-batch without gradient. 2. Differentiate the loss with respect to
   the embeddings (and the heads). 3. Re-run each micro-batch and pull its embeddings'
   gradient back through the towers. The result equals the full-batch gradient, negatives
-  from every micro-batch included.
+  from every micro-batch included. The towers run on `tower_params` (by default `params`),
+  whose summed gradient `reduce` (gradient_scatter's) turns into `params`' layout.
   """
+  tower_params = params if tower_params is None else tower_params
   images, keep_idx, valid, tokens, dropout_rng = inputs
   batch_size = images.shape[0]
   if batch_size % accum_steps:
@@ -202,7 +218,7 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
   # Each micro-batch draws its own dropout, the same in its re-run.
   micro = (split(images), split(keep_idx, 1), split(valid, 1), split(tokens),
            jax.random.split(dropout_rng, accum_steps))
-  frozen = jax.lax.stop_gradient(params)
+  frozen = jax.lax.stop_gradient(tower_params)
   features, ztxt = jax.lax.map(lambda m: towers(frozen, *m), micro)
   features = jnp.moveaxis(features, 0, 1).reshape(features.shape[1], batch_size, -1)
   ztxt = ztxt.reshape(batch_size, -1)
@@ -212,11 +228,13 @@ def accumulated_gradients(towers, objective_loss, params, inputs, accum_steps):
 
   def pull_back(grads, step):
     m, (feature_cot, text_cot) = step
-    _, vjp = jax.vjp(lambda p: towers(p, *m), params)
+    _, vjp = jax.vjp(lambda p: towers(p, *m), tower_params)
     return jax.tree.map(jnp.add, grads, vjp((feature_cot, text_cot))[0]), None
 
-  tower_grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, params),
+  tower_grads, _ = jax.lax.scan(pull_back, jax.tree.map(jnp.zeros_like, tower_params),
                                 (micro, cotangents))
+  if reduce is not None:
+    tower_grads = reduce(tower_grads)
   return loss, terms, logit_scale, jax.tree.map(jnp.add, head_grads, tower_grads)
 
 
@@ -238,10 +256,12 @@ def jit_train_step(config, model, policy, objective: Objective, state: TrainStat
   the text as `text_reduction` says (by default config.model.model_txt.masking's)."""
   state_sh = shardings_of(state)
   repl = partitioning.replicated(mesh)
+  scatter = gradient_scatter.of_config(config, model, mesh)
   return partitioning.jit(
       functools.partial(train_step, model=model, policy=policy,
                         schedule=optimizer.learning_rate_schedule(config), objective=objective,
-                        text_reduction=text_reduction or text_reduction_of(config)),
+                        text_reduction=text_reduction or text_reduction_of(config),
+                        scatter=scatter),
       mesh, partitioning.logical_rules(config),
       in_shardings=(state_sh, partitioning.batch_sharding(mesh), repl),
       out_shardings=(state_sh, repl), donate_argnums=0 if donate else ())
