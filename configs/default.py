@@ -193,7 +193,8 @@ def get_config():
   # devices form the `data` axis.
   config.partitioning.num_partitions = 1
   # Shard the optimiser state over the `data` axis along its `embed` axis even where the
-  # weights are replicated (ZeRO-1; FLIP's large and huge recipes set it).
+  # weights are replicated (ZeRO-1; FLIP's large and huge recipes set it); with unrolled
+  # layers the gradients are then reduce-scattered onto it (trainer/gradient_scatter.py).
   config.partitioning.partition_states = False
   # dp: weights replicated over `data`; fsdp: weights and optimiser state sharded over it
   # (ZeRO-3).
