@@ -2,6 +2,12 @@
 
   python -m benchmarks.versus_open_clip --config=configs/openclip_vit_b16.py \
       --batch_size=256 [--ratios=0.0,0.5] [--open_clip=compile,eager] [--before] [--profile]
+  # the largest batch at which our unmasked step fits the device, ours alone; then
+  # open_clip alone at the batch it printed
+  python -m benchmarks.versus_open_clip --config=configs/openclip_vit_b16.py:ViT-L-16 \
+      --batch_size=0 --open_clip=
+  python -m benchmarks.versus_open_clip --config=configs/openclip_vit_b16.py:ViT-L-16 \
+      --batch_size=N --noours --open_clip=compile
 
 Both train the config's architecture (open_clip's own model of that name for ViT-B-16 and
 the other sizes of its CLIP family, else the config's towers as open_clip builds them) on
@@ -17,8 +23,16 @@ The last line printed is one JSON object (printed once more with the profile): p
 contender the images/s as {min, median, max} over the rounds, the ratio to open_clip's at
 the same mask ratio (each mode), MFU (model FLOPs per second over the chip's bfloat16
 peak; the FLOPs are counted from the architecture, 3x the forward's matmuls and attention
-products, and stated per example) and the peak device memory. --profile adds where each of our steps' time goes
-(benchmarks/step_profile.py).
+products, and stated per example) and the peak device memory. --profile adds where each of
+our steps' time goes (benchmarks/step_profile.py).
+
+`--batch_size=0` times every contender at the largest batch (a multiple of 8) at which our
+unmasked step, as XLA plans it, fits --memory_gib (by default 90% of what the device
+reports, the rest left to the runtime's own buffers), found by compiling it at a few sizes
+(trainer/fit.py). Both frameworks keep their memory once they have it, so at that batch the
+other one will not fit beside ours in the same process: time it alone, at the batch
+printed. An open_clip step that runs out of memory is reported as such and the others are
+timed.
 """
 
 import json
@@ -42,11 +56,16 @@ from benchmarks.timing import interleaved_seconds, ratio_spread, spread, steppin
 from configs import presets
 from foreign_weights import open_clip_state
 import masking
+from trainer import fit
 from trainer import partitioning
 from trainer import step as step_lib
 
 config_flags.DEFINE_config_file('config', 'configs/openclip_vit_b16.py', 'Config file.')
-flags.DEFINE_integer('batch_size', 256, 'Global batch of every contender.')
+flags.DEFINE_integer('batch_size', 256, 'Global batch of every contender (0: the largest '
+                     'at which our unmasked step fits --memory_gib).')
+flags.DEFINE_float('memory_gib', 0.0, 'The memory a batch of 0 is fitted to (0: 90% of what '
+                   'the device reports).')
+flags.DEFINE_bool('ours', True, 'Time our step (--noours: open_clip\'s alone).')
 flags.DEFINE_list('ratios', ['0.0', '0.5'], 'Mask ratios (open_clip: patch dropout).')
 flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Our compute dtype.')
 flags.DEFINE_list('open_clip', ['compile', 'eager'], 'open_clip modes to time (empty: none).')
@@ -83,11 +102,17 @@ def open_clip_name(config) -> str:
 PROFILE_OPTIONS = {'gpu': {'xla_gpu_enable_command_buffer': ''}}
 
 
-def ours(config, ratio: float, compiler_options=None):
-  """(a call of one train step, its compiled executable, the image tokens it encodes)."""
+def ratio_config(config, ratio: float):
+  """`config` with random masking at `ratio` (none at 0)."""
   config = config.copy_and_resolve_references()
   config.model.model_img.mask_ratio = ratio
   config.model.model_img.masking.policy = 'random' if ratio > 0 else 'none'
+  return config
+
+
+def ours(config, ratio: float, compiler_options=None):
+  """(a call of one train step, its compiled executable, the image tokens it encodes)."""
+  config = ratio_config(config, ratio)
   mesh = partitioning.make_mesh(config)
   training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   batch, key = synthetic_batch(config, mesh), jax.random.PRNGKey(1)
@@ -115,8 +140,27 @@ def peak_gib_of(compiled) -> float:
           + m.temp_size_in_bytes) / 2**30
 
 
+def largest_batch(config) -> int:
+  """The largest batch, a multiple of 8, at which our unmasked step fits --memory_gib."""
+  devices = jax.devices()
+  limit = (FLAGS.memory_gib * 2**30 if FLAGS.memory_gib else
+           0.9 * (fit.device_memory(devices) or 0))
+  if not limit:
+    raise app.UsageError(f'--batch_size=0 needs --memory_gib: {devices[0].device_kind} '
+                         'devices do not say how much memory they have')
+  unmasked = config.copy_and_resolve_references()
+  unmasked.model.model_img.mask_ratio = 0.0
+  unmasked.model.model_img.masking.policy = 'none'
+  batch = fit.largest_batch(unmasked, devices, int(limit))
+  if not batch:
+    raise app.UsageError(f'not even a batch of 8 fits {limit / 2**30:.1f} GiB')
+  return batch
+
+
 def open_clip_step(config, name: str, ratio: float, compiled: bool, device: str):
-  """(a call of open_clip's training step as open_clip_train runs it, its peak GiB)."""
+  """(a call of open_clip's training step as open_clip_train runs it, its peak GiB); None
+  where the device runs out of memory."""
+  import gc  # pylint: disable=g-import-not-at-top
   import math  # pylint: disable=g-import-not-at-top
   import open_clip  # pylint: disable=g-import-not-at-top
   from open_clip.loss import ClipLoss  # pylint: disable=g-import-not-at-top
@@ -135,7 +179,7 @@ def open_clip_step(config, name: str, ratio: float, compiled: bool, device: str)
   loss_fn = ClipLoss()
   forward = torch.compile(model) if compiled else model
   rng = np.random.RandomState(0)
-  size, batch = config.image_size, FLAGS.batch_size
+  size, batch = config.image_size, config.batch_size
   images = torch.from_numpy(rng.normal(size=(batch, 3, size, size)).astype(np.float32))
   images = images.to(device)
   tokens = torch.from_numpy(rng.randint(1, config.model.model_txt.vocab_size - 1, size=(
@@ -155,8 +199,18 @@ def open_clip_step(config, name: str, ratio: float, compiled: bool, device: str)
     sync()
     return None
 
-  for _ in range(3):  # compiles (torch.compile) and settles the allocator
-    step()
+  try:
+    for _ in range(3):  # compiles (torch.compile) and settles the allocator
+      step()
+  except torch.cuda.OutOfMemoryError:
+    out_of_memory = True
+  else:
+    out_of_memory = False
+  if out_of_memory:  # out of the handler, whose traceback holds the step's tensors
+    del step, forward, optimizer, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return None, None
   peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
   return step, peak
 
@@ -164,14 +218,15 @@ def open_clip_step(config, name: str, ratio: float, compiled: bool, device: str)
 def main(argv):
   del argv
   config = FLAGS.config
-  config.batch_size = FLAGS.batch_size
   config.model.dtype = FLAGS.dtype
+  config.batch_size = FLAGS.batch_size or largest_batch(config)
+  print(json.dumps({'batch_size': config.batch_size}), flush=True)
   name = open_clip_name(config) if FLAGS.open_clip else None
   device = jax.devices()[0].device_kind
   peak_tflops = FLAGS.peak_tflops or next(
       (v for k, v in PEAK_TFLOPS.items() if k.lower() in device.lower()), 0.0)
-  calls, memory, flops, compiled = {}, {}, {}, {}
-  variants = {'ours': config}
+  calls, memory, flops, compiled, out_of_memory = {}, {}, {}, {}, []
+  variants = {'ours': config} if FLAGS.ours else {}
   if FLAGS.before:
     before = config.copy_and_resolve_references()
     before.model.attention, before.model.scan_unroll = 'einsum', False
@@ -185,14 +240,20 @@ def main(argv):
       print(json.dumps({'built': key, 'peak_gib': round(memory[key], 2)}), flush=True)
     for mode in FLAGS.open_clip:
       key = f'open_clip_{mode}@{ratio}'
-      calls[key], memory[key] = open_clip_step(config, name, float(ratio), mode == 'compile',
-                                               FLAGS.open_clip_device)
-      flops[key] = flops[f'ours@{ratio}']
-      print(json.dumps({'built': key, 'peak_gib': memory[key]}), flush=True)
+      call, peak = open_clip_step(config, name, float(ratio), mode == 'compile',
+                                  FLAGS.open_clip_device)
+      print(json.dumps({'built': key, 'peak_gib': peak, 'out_of_memory': call is None}),
+            flush=True)
+      if call is None:
+        out_of_memory.append(key)
+        continue
+      calls[key], memory[key] = call, peak
+      flops[key] = train_flops_per_example(config, 1 + masking.get_policy(
+          ratio_config(config, float(ratio)), train=True).num_keep)
   seconds = interleaved_seconds(calls, FLAGS.rounds, FLAGS.steps, warmup=1)
-  results = {}
+  results = {key: {'out_of_memory': True} for key in out_of_memory}
   for key, values in seconds.items():
-    per_second = [FLAGS.batch_size / s for s in values]
+    per_second = [config.batch_size / s for s in values]
     row = {'images_per_sec': spread(per_second, 1), 'step_seconds': spread(values),
            'train_gflop_per_example': round(flops[key] / 1e9, 2),
            'peak_memory_gib': None if memory[key] is None else round(memory[key], 2)}
@@ -205,7 +266,7 @@ def main(argv):
         row[f'speed_vs_open_clip_{mode}'] = ratio_spread(seconds[other], values)
     results[key] = row
   out = {'device': device, 'peak_tflops': peak_tflops or None, 'architecture': name,
-         'batch_size': FLAGS.batch_size, 'dtype': FLAGS.dtype,
+         'batch_size': config.batch_size, 'dtype': FLAGS.dtype,
          'flops_counted': 'per example: 3 x forward (24 width^2 + 4 tokens width per token '
                           'and layer, patch embedding, projections)',
          'jax': jax.__version__, 'results': results}

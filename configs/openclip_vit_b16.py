@@ -8,8 +8,9 @@
 
 Embedding 512; image tower 768 wide, 12 layers of 12 heads, 16-pixel patches at 224 pixels;
 text tower 512 wide, 12 layers of 8 heads, 77 CLIP BPE tokens, vocabulary 49,408. Its
-checkpoints export to open_clip with tools/export_open_clip.py. `ViT-B-32`, `ViT-L-14` and
-`ViT-H-14` are the other sizes of this family (presets.set_size); OpenAI's weights need
+checkpoints export to open_clip with tools/export_open_clip.py. `ViT-B-32`, `ViT-L-14`,
+`ViT-L-16` and `ViT-H-14` are the other sizes of this family, given after the file's name
+(`--config=configs/openclip_vit_b16.py:ViT-L-16`); OpenAI's weights need
 `open_clip_towers(config, quick_gelu=True)` (model.activation='quick_gelu').
 """
 
@@ -17,9 +18,12 @@ from configs import default
 from configs import presets
 
 
-def get_config():
+def get_config(size: str = 'ViT-B-16'):
+  if size not in presets.OPEN_CLIP_SIZES:
+    raise ValueError(f'{size!r} after configs/openclip_vit_b16.py is none of open_clip\'s '
+                     f'sizes here: {", ".join(presets.OPEN_CLIP_SIZES)}')
   config = default.get_config()
-  presets.set_size(config, 'ViT-B-16')
+  presets.set_size(config, size)
   presets.open_clip_towers(config)
   config.model.model_img.mask_ratio = 0.0
   config.model.model_img.masking.policy = 'none'

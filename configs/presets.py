@@ -46,6 +46,7 @@ OPEN_CLIP_SIZES = {
     'ViT-B-32': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=32),
     'ViT-B-16': dict(img=(768, 12, 12), txt=(512, 12, 8), embed=512, patch=16),
     'ViT-L-14': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=14),
+    'ViT-L-16': dict(img=(1024, 24, 16), txt=(768, 12, 12), embed=768, patch=16),
     'ViT-H-14': dict(img=(1280, 32, 16), txt=(1024, 24, 16), embed=1024, patch=14),
 }
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)

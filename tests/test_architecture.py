@@ -86,3 +86,19 @@ def test_the_root_holds_the_entry_points_and_packages_only():
   for name in MAY_IMPORT:
     if name not in ('main', 'train'):
       assert os.path.isfile(os.path.join(ROOT, name, '__init__.py')), name
+
+
+def test_the_step_and_its_gpu_benchmarks_import_no_tensorflow():
+  """An accelerator host measuring the step has jax and torch but no TensorFlow; and where
+  TensorFlow is loaded before torch's compiler, torch's import crashes the process."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  # Each benchmark defines its own flags: one process each.
+  for modules in (('trainer.step', 'trainer.fit', 'benchmarks.step_time'),
+                  ('benchmarks.versus_open_clip',)):
+    done = subprocess.run(
+        [sys.executable, '-c', f'import sys\nfor m in {modules}: __import__(m)\n'
+         'print(sorted(m for m in sys.modules if m.split(".")[0] == "tensorflow"))'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == '[]', modules

@@ -2,11 +2,12 @@
 
 main.py's commands (and tpu/launch.sh train's) go through main.py's own flags, their config
 file with its overrides, and the start-up checks (train.check_config); `python -m MODULE`
-commands name a module whose --helpfull (or --help) lists every flag they pass (and their --config
-overrides name fields of the config); make's targets are the Makefile's; anything else is a
-program this project does not ship, named in EXTERNAL. Placeholders (DIR, $VAR, gs://...)
-are taken as written: they are strings wherever a path goes. What the commands then do is
-tested where their subject is (test_train, test_visualize, test_benchmarks, ...).
+commands name a module whose --helpfull (or --help) lists every flag they pass (and their
+--config overrides name fields of the config); make's targets are the Makefile's; `bash
+SCRIPT` names one of its scripts; anything else is a program this project does not ship,
+named in EXTERNAL. Placeholders (DIR, $VAR, gs://...) are taken as written: they are
+strings wherever a path goes. What the commands then do is tested where their subject is
+(test_train, test_visualize, test_benchmarks, ...).
 """
 
 import functools
@@ -141,6 +142,8 @@ def _check(document, words):
     _check_config_overrides(module_args)
   elif program in PYTHONS and args[:1] == ['-c']:
     return
+  elif program == 'bash':
+    assert os.path.isfile(os.path.join(ROOT, args[0])), f'{where}: no script {args[0]}'
   elif program == 'make':
     with open(os.path.join(ROOT, 'Makefile')) as f:
       targets = set(re.findall(r'^([\w-]+):', f.read(), re.M))

@@ -69,3 +69,39 @@ def test_the_loss_is_offered_in_chunks_that_divide_the_batch_and_only_where_it_i
   trial, = fit.remedy_trials(micro_config(demo_dir, batch_size=64, **{'model.loss': 'sigmoid'}),
                              jax.devices(), lambda c: True, 1, chunked)
   assert trial.compiled is None and 'sigmoid loss is formed block by block' in trial.refusal
+
+
+@pytest.mark.parametrize('need, limit, expected', [
+    # An affine need: found from the line through two sizes, then checked one unit above.
+    (lambda n: 1000 + 37 * n, 1000 + 37 * 203, 200),
+    # A quadratic part (the logits) bends the line: the boundary is still exact.
+    (lambda n: 1000 + 10 * n + n * n // 4, 1000 + 10 * 500 + 500 * 500 // 4, 496),
+    # The compiler refuses beyond 96, whatever the line says.
+    (lambda n: None if n > 96 else 100 * n, 10 ** 9, 96),
+    # A flat need up to a cliff (a compiler rematerialising under pressure).
+    (lambda n: 50 if n <= 328 else 10 ** 6, 100, 328),
+    # Not even one unit fits.
+    (lambda n: 100 * n, 50, 0),
+])
+def test_the_largest_fitting_size_is_the_boundary_in_few_compilations(need, limit, expected):
+  calls = []
+
+  def counted(n):
+    assert n % 8 == 0 and n > 0
+    calls.append(n)
+    return need(n)
+
+  assert fit.largest_fitting(counted, limit, unit=8) == expected
+  assert len(calls) == len(set(calls)) <= 12
+  if expected == 200:
+    assert len(calls) <= 4  # 8, 32, the line's 200, and 208
+
+
+def test_the_largest_batch_fits_its_limit_and_one_unit_more_does_not(demo_dir):
+  config = micro_config(demo_dir, **{'model.model_img.transformer.num_layers': 1,
+                                     'model.model_txt.transformer.num_layers': 1})
+  devices = jax.devices()
+  need = lambda batch: fit.compile_train_step(
+      fit.with_overrides(config, {'batch_size': batch}), devices).total
+  limit = (need(64) + need(72)) // 2
+  assert fit.largest_batch(config, devices, limit) == 64

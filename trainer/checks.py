@@ -9,8 +9,6 @@ import dataclasses
 import math
 from typing import Optional
 
-from input_pipeline import augment
-from input_pipeline import tokenizer
 import masking
 from masking import text as text_reduction
 from models import text
@@ -175,6 +173,10 @@ def _require(ok: bool, message: str):
 
 
 def check(config):
+  # TensorFlow's, imported here: the train step and the benchmarks that compile it
+  # (trainer/fit.py) run on accelerator hosts without TensorFlow.
+  from input_pipeline import augment  # pylint: disable=g-import-not-at-top
+  from input_pipeline import tokenizer  # pylint: disable=g-import-not-at-top
   check_ranges(config)
   img, txt, clr = config.model.model_img, config.model.model_txt, config.model.clr
   _require(config.total_steps > 0 or config.num_epochs > 0,

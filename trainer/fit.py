@@ -12,6 +12,7 @@ import re
 import time
 from typing import Callable, List, Optional, Sequence
 
+from absl import logging
 import jax
 import numpy as np
 
@@ -228,6 +229,74 @@ def remedy_trials(config, devices, fits: Callable[[Compiled], bool], needed: int
     if fits(trial.compiled):
       break
   return trials
+
+
+# --- The largest batch that fits -----------------------------------------------------------
+
+def largest_fitting(need: Callable[[int], Optional[int]], limit: int, unit: int,
+                    most: int = 2 ** 20, tries: int = 12) -> int:
+  """The largest multiple of `unit` up to `most` whose `need` (bytes per device, None where
+  the compiler refused it) is at most `limit`, taking `need` to grow with its argument; 0
+  when `unit` itself needs more. Each `need` is a compilation, so the boundary is found by
+  the line through the last two sizes measured (a step's memory is an affine function of
+  its batch, bar a compiler that rematerialises under pressure), halving the interval
+  between the largest size that fits and the smallest that does not where the line does
+  not narrow it; after `tries` measurements the largest size found to fit is returned."""
+  measured = {}
+
+  def fits(n):
+    if n not in measured:
+      measured[n] = need(n)
+    return measured[n] is not None and measured[n] <= limit
+
+  if not fits(unit):
+    return 0
+  low, high = unit, None  # low fits; high, once found, does not
+  probe = min(4 * unit, most // unit * unit)
+  while probe > low and len(measured) < tries:
+    if fits(probe):
+      low = probe
+    else:
+      high = probe
+    if high is not None and high - low <= unit:
+      break
+    probe = _next_probe(measured, limit, unit, low, high, most)
+  return low
+
+
+def _next_probe(measured, limit, unit, low, high, most) -> int:
+  if high is not None and measured[high] is not None:
+    line = (low, measured[low]), (high, measured[high])
+  else:  # through the two largest sizes measured (from no batch, no bytes, if one)
+    line = ([(0, 0)] + sorted((n, b) for n, b in measured.items() if b is not None))[-2:]
+  (n0, b0), (n1, b1) = line
+  estimate = n0 + (limit - b0) * (n1 - n0) / (b1 - b0) if b1 > b0 else 2 * low
+  ceiling = high - unit if high is not None else min(most, 16 * low) // unit * unit
+  probe = int(min(max(estimate // unit * unit, low + unit), ceiling))
+  if high is not None and high - low > 4 * unit and probe in (low + unit, high - unit):
+    probe = (low + high) // 2 // unit * unit  # the line hugs one end: halve instead
+  return probe
+
+
+def largest_batch(config, devices, limit: int, multiple: int = 8) -> int:
+  """The largest global batch whose train step, as compiled for `devices`, needs at most
+  `limit` bytes per device (0 when none does): a multiple of `multiple`, of what the mesh
+  and the micro-batches divide the batch by, and of the loss's chunk."""
+  mesh = partitioning.make_mesh(config, devices)
+  unit = int(np.lcm.reduce([multiple, mesh.shape['data'] * config.grad_accum_steps,
+                            config.model.clr.loss_chunk or 1]))
+
+  def need(batch):
+    changed = config.copy_and_resolve_references()
+    changed.batch_size = batch
+    # The schedule's length changes no shape, but an epoch must hold a step.
+    changed.samples_per_epoch = max(changed.samples_per_epoch, batch)
+    compiled = compile_train_step(changed, devices)
+    logging.info('A batch of %d needs %s (compiled in %.0f s)', batch,
+                 compiled.refused or compiled.gib(), compiled.seconds)
+    return None if compiled.refused else compiled.total
+
+  return largest_fitting(need, limit, unit)
 
 
 # --- At start-up ---------------------------------------------------------------------------

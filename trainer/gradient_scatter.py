@@ -108,6 +108,5 @@ def of_config(config, model, mesh: Mesh):
     return None
   weights, moments = state_lib.weight_and_moment_shardings(config, model, mesh)
   specs = lambda tree: jax.tree.map(lambda s: s.spec, tree)
-  rules = [(name, None if name == 'batch' else axis)
-           for name, axis in partitioning.logical_rules(config)]
-  return GradientScatter(mesh, specs(weights), specs(moments), rules)
+  return GradientScatter(mesh, specs(weights), specs(moments),
+                         partitioning.rules_within_a_shard(config))

@@ -39,6 +39,12 @@ def logical_rules(config):
   return rules
 
 
+def rules_within_a_shard(config):
+  """logical_rules for code that runs on one device's share of the batch (under a
+  shard_map or a vmap over `data`): there the batch is no longer split."""
+  return [(name, None if name == 'batch' else axis) for name, axis in logical_rules(config)]
+
+
 def optimizer_rules(config):
   """Rules for the optimiser state under partitioning.partition_states: FSDP's, so each
   moment is split over `data` along its `embed` axis."""

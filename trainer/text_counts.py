@@ -10,21 +10,26 @@ from input_pipeline import token_counts
 from trainer import workdir as workdir_lib
 
 
+def _saved(path: str):
+  saved = workdir_lib.read_arrays(path)
+  return None if saved is None else (saved['counts'], int(saved['captions']))
+
+
 def read_counts(path: str):
   """(counts, captions counted) kept at `path`."""
-  saved = workdir_lib.read_arrays(path)
+  saved = _saved(path)
   if saved is None:
     raise FileNotFoundError(f'{path}: no token counts there (a run with '
                             'model.model_txt.masking.policy=frequency writes them)')
-  return saved['counts'], int(saved['captions'])
+  return saved
 
 
 def load_or_count(config, tokenizer, shards, path: str) -> np.ndarray:
   """The run's counts from `path`, counted from `shards` and written there first when the
   run has none."""
-  saved = workdir_lib.read_arrays(path)
+  saved = _saved(path)
   if saved is not None:
-    counts, read = saved['counts'], int(saved['captions'])
+    counts, read = saved
     if len(counts) != tokenizer.vocab_size:
       raise ValueError(f'{path} counts {len(counts)} token ids, the {config.aug.txt.tokenizer} '
                        f'tokenizer has {tokenizer.vocab_size}: it belongs to a run with '
