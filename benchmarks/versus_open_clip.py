@@ -26,6 +26,10 @@ peak; the FLOPs are counted from the architecture, 3x the forward's matmuls and 
 products, and stated per example) and the peak device memory. --profile adds where each of
 our steps' time goes (benchmarks/step_profile.py).
 
+`--xla=KEY=VALUE,...` adds our step compiled with those XLA options as another contender
+(`ours[KEY=VALUE,...]`), to find which options help on a device; an option this XLA does
+not know is reported in its row and the others are timed.
+
 `--batch_size=0` times every contender at the largest batch (a multiple of 8) at which our
 unmasked step, as XLA plans it, fits --memory_gib (by default 90% of what the device
 reports, the rest left to the runtime's own buffers), found by compiling it at a few sizes
@@ -71,6 +75,8 @@ flags.DEFINE_enum('dtype', 'bfloat16', ['bfloat16', 'float32'], 'Our compute dty
 flags.DEFINE_list('open_clip', ['compile', 'eager'], 'open_clip modes to time (empty: none).')
 flags.DEFINE_string('open_clip_device', 'cuda', 'Where open_clip runs (cpu for a try).')
 flags.DEFINE_bool('before', False, 'Also time our step as it was before the fast path.')
+flags.DEFINE_multi_string('xla', [], 'Also time our step compiled with these XLA options, '
+                          'KEY=VALUE[,KEY=VALUE...], a contender each (repeat the flag).')
 flags.DEFINE_bool('profile', False, 'Also print where our steps\' time goes.')
 flags.DEFINE_integer('steps', 10, 'Timed steps per contender and round.')
 flags.DEFINE_integer('rounds', 3, 'Rounds in which the contenders take turns.')
@@ -123,12 +129,26 @@ def ours(config, ratio: float, compiler_options=None):
   return call, compiled, 1 + policy.num_keep
 
 
-def profile_of(config, ratio: float, timed):
-  """Where our step's time goes at `ratio` (`timed`: the call and executable timed)."""
-  options = PROFILE_OPTIONS.get(jax.default_backend())
+def compiler_options(text: str) -> dict:
+  """'KEY=VALUE,...' as XLA's compile options: true/false, integers, else strings."""
+  options = {}
+  for item in filter(None, text.split(',')):
+    key, sep, value = item.partition('=')
+    if not sep:
+      raise app.UsageError(f'--xla={text!r}: {item!r} is not KEY=VALUE')
+    lowered = value.lower()
+    options[key.strip()] = (lowered == 'true' if lowered in ('true', 'false') else
+                            int(value) if value.lstrip('-').isdigit() else value)
+  return options
+
+
+def profile_of(config, options, ratio: float, timed):
+  """Where our step's time goes at `ratio` (`timed`: the call and executable timed; the
+  step compiled with `options`)."""
+  extra = PROFILE_OPTIONS.get(jax.default_backend())
   call, compiled = timed
-  if options:
-    call, compiled, _ = ours(config, ratio, options)
+  if extra:
+    call, compiled, _ = ours(config, ratio, {**options, **extra})
   return step_profile.profile(call, compiled.as_text())
 
 
@@ -225,16 +245,27 @@ def main(argv):
   device = jax.devices()[0].device_kind
   peak_tflops = FLAGS.peak_tflops or next(
       (v for k, v in PEAK_TFLOPS.items() if k.lower() in device.lower()), 0.0)
-  calls, memory, flops, compiled, out_of_memory = {}, {}, {}, {}, []
-  variants = {'ours': config} if FLAGS.ours else {}
+  calls, memory, flops, compiled, failed = {}, {}, {}, {}, {}
+  variants = {}  # name -> (config, XLA options)
+  if FLAGS.ours:
+    variants['ours'] = (config, {})
+    variants.update({f'ours[{text}]': (config, compiler_options(text)) for text in FLAGS.xla})
   if FLAGS.before:
     before = config.copy_and_resolve_references()
-    before.model.attention, before.model.scan_unroll = 'einsum', False
-    variants['ours_before'] = before
+    before.model.attention, before.model.scan_layers = 'einsum', True
+    before.model.scan_unroll = False
+    variants['ours_before'] = (before, {})
   for ratio in FLAGS.ratios:
-    for variant, variant_config in variants.items():
+    for variant, (variant_config, options) in variants.items():
       key = f'{variant}@{ratio}'
-      calls[key], compiled[key], tokens = ours(variant_config, float(ratio))
+      try:
+        calls[key], compiled[key], tokens = ours(variant_config, float(ratio), options)
+      except jax.errors.JaxRuntimeError as e:  # an option this XLA does not know
+        if not options:
+          raise
+        failed[key] = {'error': str(e).splitlines()[0][:300]}
+        print(json.dumps({'built': key, **failed[key]}), flush=True)
+        continue
       memory[key], flops[key] = peak_gib_of(compiled[key]), train_flops_per_example(
           config, tokens)
       print(json.dumps({'built': key, 'peak_gib': round(memory[key], 2)}), flush=True)
@@ -245,13 +276,13 @@ def main(argv):
       print(json.dumps({'built': key, 'peak_gib': peak, 'out_of_memory': call is None}),
             flush=True)
       if call is None:
-        out_of_memory.append(key)
+        failed[key] = {'out_of_memory': True}
         continue
       calls[key], memory[key] = call, peak
       flops[key] = train_flops_per_example(config, 1 + masking.get_policy(
           ratio_config(config, float(ratio)), train=True).num_keep)
   seconds = interleaved_seconds(calls, FLAGS.rounds, FLAGS.steps, warmup=1)
-  results = {key: {'out_of_memory': True} for key in out_of_memory}
+  results = dict(failed)
   for key, values in seconds.items():
     per_second = [config.batch_size / s for s in values]
     row = {'images_per_sec': spread(per_second, 1), 'step_seconds': spread(values),
@@ -275,8 +306,10 @@ def main(argv):
     out['profile'] = {}
     for key in compiled:
       variant, ratio = key.split('@')
+      if variants[variant][1]:
+        continue  # steps compiled with other options are compared by their time alone
       try:
-        out['profile'][key] = profile_of(variants[variant], float(ratio),
+        out['profile'][key] = profile_of(*variants[variant], float(ratio),
                                          (calls[key], compiled[key]))
       except Exception as e:  # pylint: disable=broad-except  (a profiler the device lacks)
         out['profile'][key] = f'no profile: {type(e).__name__}: {e}'

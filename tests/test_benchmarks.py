@@ -50,7 +50,8 @@ def test_versus_open_clip_times_both_steps_and_says_where_ours_spends_its_time()
   done = subprocess.run(
       [sys.executable, '-m', 'benchmarks.versus_open_clip', '--config=configs/tiny_openclip.py',
        '--batch_size=4', '--ratios=0.5', '--open_clip=eager', '--open_clip_device=cpu',
-       '--rounds=2', '--steps=1', '--profile', '--peak_tflops=1'],
+       '--rounds=2', '--steps=1', '--profile', '--peak_tflops=1',
+       '--xla=xla_backend_optimization_level=1', '--xla=xla_no_such_option=true'],
       cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -60,6 +61,11 @@ def test_versus_open_clip_times_both_steps_and_says_where_ours_spends_its_time()
     assert row['train_gflop_per_example'] == ours['train_gflop_per_example'] > 0
     assert row['mfu']['median'] > 0
   assert ours['peak_memory_gib'] > 0 and ours['speed_vs_open_clip_eager']['median'] > 0
+  # XLA options: a contender each, and one the compiler does not know is reported.
+  optioned = result['results']['ours[xla_backend_optimization_level=1]@0.5']
+  assert optioned['images_per_sec']['min'] > 0 and optioned['speed_vs_open_clip_eager']
+  assert result['results']['ours[xla_no_such_option=true]@0.5'] == {
+      'error': "INVALID_ARGUMENT: No such compile option: 'xla_no_such_option'"}
   shares = result['profile']['ours@0.5']
   if isinstance(shares, str):
     # Within the whole suite (not alone) the CPU trace holds no op events: the benchmark says
