@@ -28,7 +28,9 @@ our steps' time goes (benchmarks/step_profile.py).
 
 `--xla=KEY=VALUE,...` adds our step compiled with those XLA options as another contender
 (`ours[KEY=VALUE,...]`), to find which options help on a device; an option this XLA does
-not know is reported in its row and the others are timed.
+not know is reported in its row and the others are timed. `--variant=FIELD=VALUE,...` adds
+our step with those config fields (`ours{FIELD=VALUE,...}`), e.g.
+`--variant=model.recompute_elementwise=false`.
 
 `--batch_size=0` times every contender at the largest batch (a multiple of 8) at which our
 unmasked step, as XLA plans it, fits --memory_gib (by default 90% of what the device
@@ -77,6 +79,8 @@ flags.DEFINE_string('open_clip_device', 'cuda', 'Where open_clip runs (cpu for a
 flags.DEFINE_bool('before', False, 'Also time our step as it was before the fast path.')
 flags.DEFINE_multi_string('xla', [], 'Also time our step compiled with these XLA options, '
                           'KEY=VALUE[,KEY=VALUE...], a contender each (repeat the flag).')
+flags.DEFINE_multi_string('variant', [], 'Also time our step with these config fields, '
+                          'FIELD=VALUE[,FIELD=VALUE...], a contender each (repeat the flag).')
 flags.DEFINE_bool('profile', False, 'Also print where our steps\' time goes.')
 flags.DEFINE_integer('steps', 10, 'Timed steps per contender and round.')
 flags.DEFINE_integer('rounds', 3, 'Rounds in which the contenders take turns.')
@@ -129,13 +133,14 @@ def ours(config, ratio: float, compiler_options=None):
   return call, compiled, 1 + policy.num_keep
 
 
-def compiler_options(text: str) -> dict:
-  """'KEY=VALUE,...' as XLA's compile options: true/false, integers, else strings."""
+def key_values(text: str, flag: str) -> dict:
+  """'KEY=VALUE,...' (XLA's compile options, config fields): true/false, integers, else
+  strings."""
   options = {}
   for item in filter(None, text.split(',')):
     key, sep, value = item.partition('=')
     if not sep:
-      raise app.UsageError(f'--xla={text!r}: {item!r} is not KEY=VALUE')
+      raise app.UsageError(f'--{flag}={text!r}: {item!r} is not KEY=VALUE')
     lowered = value.lower()
     options[key.strip()] = (lowered == 'true' if lowered in ('true', 'false') else
                             int(value) if value.lstrip('-').isdigit() else value)
@@ -249,7 +254,9 @@ def main(argv):
   variants = {}  # name -> (config, XLA options)
   if FLAGS.ours:
     variants['ours'] = (config, {})
-    variants.update({f'ours[{text}]': (config, compiler_options(text)) for text in FLAGS.xla})
+    variants.update({f'ours[{text}]': (config, key_values(text, 'xla')) for text in FLAGS.xla})
+    variants.update({f'ours{{{text}}}': (fit.with_overrides(config, key_values(text, 'variant')),
+                                         {}) for text in FLAGS.variant})
   if FLAGS.before:
     before = config.copy_and_resolve_references()
     before.model.attention, before.model.scan_layers = 'einsum', True
@@ -306,8 +313,8 @@ def main(argv):
     out['profile'] = {}
     for key in compiled:
       variant, ratio = key.split('@')
-      if variants[variant][1]:
-        continue  # steps compiled with other options are compared by their time alone
+      if variant not in ('ours', 'ours_before'):
+        continue  # the variants are compared by their time alone
       try:
         out['profile'][key] = profile_of(*variants[variant], float(ratio),
                                          (calls[key], compiled[key]))

@@ -162,7 +162,8 @@ def from_config(config) -> CLIP:
                 attention_dropout_rate=tower.transformer.attention_dropout_rate,
                 droppath_rate=tower.transformer.droppath_rate,
                 activation=config.model.activation, norm_eps=config.model.norm_eps,
-                attention=config.model.attention, scan_unroll=config.model.scan_unroll)
+                attention=config.model.attention, scan_unroll=config.model.scan_unroll,
+                recompute=config.model.recompute_elementwise)
 
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,

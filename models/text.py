@@ -44,6 +44,7 @@ class TextTower(nn.Module):
   norm_eps: float = 1e-6
   attention: str = 'auto'  # models/transformer.py: ATTENTION
   scan_unroll: bool = True
+  recompute: bool = True  # norms and activations, in the backward pass (transformer.py)
 
   @nn.compact
   def __call__(self, tokens, train=False):
@@ -63,7 +64,7 @@ class TextTower(nn.Module):
                 attention_dropout_rate=self.attention_dropout_rate,
                 droppath_rate=self.droppath_rate, deterministic=not train,
                 activation=self.activation, norm_eps=self.norm_eps, attention=self.attention,
-                scan_unroll=self.scan_unroll, causal=self.causal,
+                scan_unroll=self.scan_unroll, recompute=self.recompute, causal=self.causal,
                 name='encoder')(x, key_mask=key_mask)
     if self.pool == 'first':
       pooled = x[:, 0]

@@ -87,6 +87,7 @@ class VisionTower(nn.Module):
   norm_eps: float = 1e-6
   attention: str = 'auto'  # models/transformer.py: ATTENTION
   scan_unroll: bool = True
+  recompute: bool = True  # norms and activations, in the backward pass (transformer.py)
   freeze_patch_embedding: bool = False  # A-CLIP's: the optimiser leaves it alone too
 
   @nn.compact
@@ -121,7 +122,7 @@ class VisionTower(nn.Module):
       x = gather_tokens(x, keep_idx)
     x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, width)), x], 1)
     if self.pre_norm:
-      x = layer_norm(self.dtype, 'norm_pre', self.norm_eps)(x)
+      x = layer_norm(self.dtype, 'norm_pre', self.norm_eps, self.recompute)(x)
     key_mask = None
     if valid is not None:
       key_mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)
@@ -129,7 +130,8 @@ class VisionTower(nn.Module):
                 cls_attention, self.scan_layers, self.dropout_rate,
                 self.attention_dropout_rate, self.droppath_rate, deterministic=not train,
                 activation=self.activation, norm_eps=self.norm_eps, attention=self.attention,
-                scan_unroll=self.scan_unroll, name='encoder')(x, key_mask)
+                scan_unroll=self.scan_unroll, recompute=self.recompute,
+                name='encoder')(x, key_mask)
     if cls_attention:
       x, attention = x
     if self.pool == 'mean':

@@ -168,6 +168,27 @@ def test_remat_policies_shrink_the_backward_pass_of_scanned_blocks():
   assert temp['none'] > 1.5 * temp['minimal'] and temp['minimal'] > 1.5 * temp['full'], temp
 
 
+@pytest.mark.parametrize('activation', ['gelu', 'gelu_tanh'])
+def test_recomputed_norms_and_activations_give_the_same_gradients_in_less_memory(activation):
+  """model.recompute_elementwise: the same numbers, forward and backward, with the norms'
+  and activations' intermediates recomputed rather than kept (bfloat16, as GPUs train)."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (32, 64, 128))
+  key_mask = jnp.arange(64)[None, :] < jnp.arange(32, 64)[:, None]
+  results, temp = [], []
+  for recompute in (False, True):
+    encoder = Encoder(4, 4, 512, dtype=jnp.bfloat16, scan_layers=False, activation=activation,
+                      attention='xla', recompute=recompute)
+    params = nn.unbox(encoder.init(jax.random.PRNGKey(1), x, key_mask))
+    loss = lambda p, x: (encoder.apply(p, x, key_mask).astype(jnp.float32) ** 2).mean()
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    results.append(grad(params, x))
+    temp.append(grad.lower(params, x).compile().memory_analysis().temp_size_in_bytes)
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=1e-5, atol=1e-6)
+  assert temp[1] < 0.9 * temp[0], temp
+
+
 def test_dropout_and_droppath_act_in_training_only():
   tower = VisionTower(patch_size=(8, 8), hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64,
                       embed_dim=16, dropout_rate=0.3, attention_dropout_rate=0.3,
