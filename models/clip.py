@@ -9,6 +9,7 @@ import numpy as np
 import optax
 
 from models import pixel_normalization
+from models import transformer
 from models.text import TextTower
 from models.vit import VisionTower
 
@@ -163,7 +164,8 @@ def from_config(config) -> CLIP:
                 droppath_rate=tower.transformer.droppath_rate,
                 activation=config.model.activation, norm_eps=config.model.norm_eps,
                 attention=config.model.attention, scan_unroll=config.model.scan_unroll,
-                recompute=config.model.recompute_elementwise)
+                recompute=transformer.recomputes_elementwise(
+                    config.model.recompute_elementwise))
 
   image = VisionTower(
       patch_size=tuple(img.patches.size), hidden_size=img.hidden_size,

@@ -44,7 +44,7 @@ class TextTower(nn.Module):
   norm_eps: float = 1e-6
   attention: str = 'auto'  # models/transformer.py: ATTENTION
   scan_unroll: bool = True
-  recompute: bool = True  # norms and activations, in the backward pass (transformer.py)
+  recompute: bool = False  # norms and activations, in the backward pass (transformer.py)
 
   @nn.compact
   def __call__(self, tokens, train=False):

@@ -215,7 +215,7 @@ class MlpBlock(nn.Module):
   dropout_rate: float = 0.0
   deterministic: bool = True
   activation: str = 'gelu_tanh'
-  recompute: bool = True  # the activation, in the backward pass (RECOMPUTE_ELEMENTWISE)
+  recompute: bool = False  # the activation, in the backward pass (layer_norm's note)
 
   @nn.compact
   def __call__(self, x):
@@ -248,8 +248,16 @@ def drop_path(module: nn.Module, x, rate, skip: bool):
 # intermediates: three float32 copies of the tokens per norm, and two or three tensors of
 # the MLP's width (erfc and exp, or tanh), the block's largest. The numbers are the same,
 # gradients included; the step keeps about a fifth less and computes a few elementwise ops
-# twice.
-def layer_norm(dtype, name=None, epsilon=1e-6, recompute=True):
+# twice. The recomputation is fenced off from the forward pass (jax.checkpoint's
+# optimization barriers, without which XLA merges the two again), and the fences also stop
+# a TPU compiler from rematerialising what it chooses when a program does not fit: so only
+# on a GPU by default (recomputes_elementwise).
+def recomputes_elementwise(setting: Optional[bool]) -> bool:
+  """model.recompute_elementwise as the model takes it: unset, on a GPU only."""
+  return jax.default_backend() == 'gpu' if setting is None else setting
+
+
+def layer_norm(dtype, name=None, epsilon=1e-6, recompute=False):
   norm = nn.remat(nn.LayerNorm) if recompute else nn.LayerNorm
   return norm(epsilon=epsilon, dtype=dtype, name=name,
               scale_init=logical(nn.initializers.ones, ('embed',)),
@@ -276,7 +284,7 @@ class EncoderBlock(nn.Module):
   norm_eps: float = 1e-6
   attention: str = 'xla'
   causal: bool = False
-  recompute: bool = True  # norms and activation, in the backward pass (layer_norm's note)
+  recompute: bool = False  # norms and activation, in the backward pass (layer_norm's note)
 
   @nn.compact
   def __call__(self, carry, key_mask=None, droppath_rate=0.0):
@@ -332,7 +340,7 @@ class Encoder(nn.Module):
   causal: bool = False
   attention: str = 'auto'  # one of ATTENTION
   scan_unroll: bool = True  # without remat, the scan's loop unrolled
-  recompute: bool = True  # norms and activations, in the backward pass (layer_norm's note)
+  recompute: bool = False  # norms and activations, in the backward pass (layer_norm's note)
 
   def droppath_rates(self):
     if self.num_layers == 1 or self.droppath_rate == 0:

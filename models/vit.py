@@ -87,7 +87,7 @@ class VisionTower(nn.Module):
   norm_eps: float = 1e-6
   attention: str = 'auto'  # models/transformer.py: ATTENTION
   scan_unroll: bool = True
-  recompute: bool = True  # norms and activations, in the backward pass (transformer.py)
+  recompute: bool = False  # norms and activations, in the backward pass (transformer.py)
   freeze_patch_embedding: bool = False  # A-CLIP's: the optimiser leaves it alone too
 
   @nn.compact

@@ -189,6 +189,18 @@ def test_recomputed_norms_and_activations_give_the_same_gradients_in_less_memory
   assert temp[1] < 0.9 * temp[0], temp
 
 
+def test_recomputation_is_on_where_a_gpu_trains_and_a_choice_everywhere(demo_dir, monkeypatch):
+  config = micro_config(demo_dir)
+  assert config.model.recompute_elementwise is None
+  model = clip.from_config(config)
+  assert not model.image.recompute and not model.text.recompute  # on this CPU
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  model = clip.from_config(config)
+  assert model.image.recompute and model.text.recompute
+  config.model.recompute_elementwise = False
+  assert not clip.from_config(config).image.recompute
+
+
 def test_dropout_and_droppath_act_in_training_only():
   tower = VisionTower(patch_size=(8, 8), hidden_size=32, num_layers=3, num_heads=4, mlp_dim=64,
                       embed_dim=16, dropout_rate=0.3, attention_dropout_rate=0.3,
