@@ -11,12 +11,12 @@ jax.lax.psum_scatter, each device receiving the slice its moments hold. The new 
 all-gather after the update stays.
 
 Compiled for v3-256 (make plan), L/16's recipe (unrolled) needs 14.1 GiB per device either
-way, with 146 weight gradients reduce-scattered where the compiler alone made 121 so; for v5p-512 the TPU compiler turns these reduce-scatters back into one
-all-reduce and a slice, as it did the unscattered step's. Only for unrolled layers: under a
-scan the stacked copies cost memory (L/16 with full remat, v3-256: 8.0 GiB per device
-instead of 5.9, though 1.0 GiB of gradient all-reduces became reduce-scatters; H/14's
-recipe on v3-512: 17.2 GiB, refused, instead of 9.9), so scanned runs keep the compiler's
-choice.
+way, with 146 weight gradients reduce-scattered where the compiler alone made 121 so; for
+v5p-512 the TPU compiler turns these reduce-scatters back into one all-reduce and a slice,
+as it did the unscattered step's. Only for unrolled layers: under a scan the stacked
+copies cost memory (L/16 with full remat, v3-256: 8.0 GiB per device instead of 5.9,
+though 1.0 GiB of gradient all-reduces became reduce-scatters; H/14's recipe on v3-512:
+17.2 GiB, refused, instead of 9.9), so scanned runs keep the compiler's choice.
 
 The towers' dropout is drawn per device (one key per shard), so a run with dropout draws
 other masks than the same run on one device; with dropout at 0, as every recipe has it, the
