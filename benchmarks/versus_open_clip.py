@@ -120,6 +120,11 @@ def ratio_config(config, ratio: float):
   return config
 
 
+def encoded_tokens(config, ratio: float) -> int:
+  """The image tokens a step at `ratio` encodes: the kept patches and the class token."""
+  return 1 + masking.get_policy(ratio_config(config, ratio), train=True).num_keep
+
+
 def ours(config, ratio: float, compiler_options=None):
   """(a call of one train step, its compiled executable, the image tokens it encodes)."""
   config = ratio_config(config, ratio)
@@ -127,10 +132,9 @@ def ours(config, ratio: float, compiler_options=None):
   training = step_lib.new_training(config, mesh, jax.random.PRNGKey(0))
   batch, key = synthetic_batch(config, mesh), jax.random.PRNGKey(1)
   compiled = training.step.lower(training.state, batch, key).compile(compiler_options)
-  policy = masking.get_policy(config, train=True)
   call = stepping(compiled, training.state, batch, key)
   jax.block_until_ready(call())
-  return call, compiled, 1 + policy.num_keep
+  return call, compiled, encoded_tokens(config, ratio)
 
 
 def key_values(text: str, flag: str) -> dict:
@@ -173,10 +177,7 @@ def largest_batch(config) -> int:
   if not limit:
     raise app.UsageError(f'--batch_size=0 needs --memory_gib: {devices[0].device_kind} '
                          'devices do not say how much memory they have')
-  unmasked = config.copy_and_resolve_references()
-  unmasked.model.model_img.mask_ratio = 0.0
-  unmasked.model.model_img.masking.policy = 'none'
-  batch = fit.largest_batch(unmasked, devices, int(limit))
+  batch = fit.largest_batch(ratio_config(config, 0.0), devices, int(limit))
   if not batch:
     raise app.UsageError(f'not even a batch of 8 fits {limit / 2**30:.1f} GiB')
   return batch
@@ -286,8 +287,7 @@ def main(argv):
         failed[key] = {'out_of_memory': True}
         continue
       calls[key], memory[key] = call, peak
-      flops[key] = train_flops_per_example(config, 1 + masking.get_policy(
-          ratio_config(config, float(ratio)), train=True).num_keep)
+      flops[key] = train_flops_per_example(config, encoded_tokens(config, float(ratio)))
   seconds = interleaved_seconds(calls, FLAGS.rounds, FLAGS.steps, warmup=1)
   results = dict(failed)
   for key, values in seconds.items():
